@@ -1,0 +1,68 @@
+"""Cross-process test helpers: a concurrency counter shared by Dask worker processes through a file."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+
+@dataclass(frozen=True)
+class ConcurrencyProbe:
+    """Counts how many holders are inside `hold()` at once, across processes, and the maximum seen.
+
+    Picklable (just a path), so user functions shipped to Dask workers can carry it.
+    """
+
+    path: str
+
+    @classmethod
+    def create(cls, folder: os.PathLike, name: str) -> ConcurrencyProbe:
+        path = os.path.join(os.fspath(folder), f"{name}.probe")
+        with open(path, "w") as f:
+            json.dump({"now": 0, "max": 0, "total": 0}, f)
+        return cls(path)
+
+    def _update(self, delta: int) -> None:
+        with open(self.path, "r+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            state = json.load(f)
+            state["now"] += delta
+            state["max"] = max(state["max"], state["now"])
+            if delta > 0:
+                state["total"] += 1
+            f.seek(0)
+            f.truncate()
+            json.dump(state, f)
+
+    @contextlib.contextmanager
+    def hold(self, seconds: float = 0.0) -> Iterator[None]:
+        self._update(+1)
+        try:
+            time.sleep(seconds)
+            yield
+        finally:
+            self._update(-1)
+
+    def enter(self) -> None:
+        self._update(+1)
+
+    def exit(self) -> None:
+        self._update(-1)
+
+    def read(self) -> dict:
+        with open(self.path) as f:
+            fcntl.flock(f, fcntl.LOCK_SH)
+            return json.load(f)
+
+    @property
+    def max(self) -> int:
+        return self.read()["max"]
+
+    @property
+    def total(self) -> int:
+        return self.read()["total"]

@@ -1,0 +1,315 @@
+"""DaskBackend on real LocalClusters: annotations reach the scheduler, resources and max_parallelism hold
+across processes, nested pools cannot deadlock, lost tasks are retried, and bad setups fail fast."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+
+import distributed
+import pytest
+
+from tests.zephyr.probes import ConcurrencyProbe
+from zephyr import Dataset, ZephyrError, flow_backend
+from zephyr.backends.config import cli_context
+from zephyr.backends.dask import DaskBackend
+
+pytestmark = pytest.mark.dask
+
+
+@pytest.fixture(scope="module")
+def resource_cluster():
+    """One worker with two threads advertising MEMORY=1e9: two tasks could run at once unless the
+    MEMORY annotation reaches the scheduler."""
+    with distributed.LocalCluster(
+        n_workers=1,
+        threads_per_worker=2,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=":0",
+        resources={"MEMORY": 1e9, "CPU": 2},
+        silence_logs=logging.CRITICAL,
+    ) as cluster, distributed.Client(cluster, set_as_default=False) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def bare_cluster():
+    """One single-threaded worker that advertises no resources at all."""
+    with distributed.LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=":0",
+        silence_logs=logging.CRITICAL,
+    ) as cluster, distributed.Client(cluster, set_as_default=False) as client:
+        yield client
+
+
+class LogCapture(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def zephyr_warnings():
+    handler = LogCapture()
+    logger = logging.getLogger("zephyr")
+    logger.addHandler(handler)
+    yield handler.messages
+    logger.removeHandler(handler)
+
+
+def _held(probe: ConcurrencyProbe, seconds: float):
+    def fn(x):
+        with probe.hold(seconds):
+            return x
+
+    return fn
+
+
+def _restrictions(x):
+    worker = distributed.get_worker()
+    key = worker.get_current_task()
+    return key, worker.state.tasks[key].resource_restrictions
+
+
+# -- annotations and resources -------------------------------------------------------------------------
+def test_memory_annotation_reaches_scheduler_and_limits_concurrency(resource_cluster, tmp_path):
+    probe = ConcurrencyProbe.create(tmp_path, "mem")
+    backend = DaskBackend(resource_cluster, memory="1GB")
+    out = list(backend.execute(Dataset.from_list(range(6)).map(_held(probe, 0.3))))
+    assert out == list(range(6))
+    assert probe.max == 1, "MEMORY=1e9 per task on a worker offering 1e9 allows one task at a time"
+
+    [(key, restrictions)] = list(backend.execute(Dataset.from_list([0]).map(_restrictions)))
+    assert restrictions == {"MEMORY": 1e9}
+    assert re.fullmatch(r"zephyr-map-0-[0-9a-f]{8}", key)
+
+
+def test_without_resources_the_same_worker_runs_tasks_concurrently(resource_cluster, tmp_path):
+    probe = ConcurrencyProbe.create(tmp_path, "free")
+    backend = DaskBackend(resource_cluster)
+    assert list(backend.execute(Dataset.from_list(range(6)).map(_held(probe, 0.3)))) == list(range(6))
+    assert probe.max == 2
+
+
+def test_unsatisfiable_memory_fails_at_submit_time(dask_backend):
+    backend = DaskBackend(memory="64TB")
+    with pytest.raises(ZephyrError, match=r"MEMORY=.*cannot be satisfied.*lower --memory"):
+        backend.execute(Dataset.from_list([1]).map(str))
+
+
+def test_gpu_request_on_a_cpu_only_embedded_cluster_fails_clearly(dask_backend):
+    with pytest.raises(ZephyrError, match=r"GPU=1 cannot be satisfied by any of the \d+ Dask workers"):
+        DaskBackend(num_gpus=1).execute(Dataset.from_list([1]).map(str))
+
+
+def test_cluster_without_resources_runs_unrestricted_and_warns_once(bare_cluster, zephyr_warnings):
+    backend = DaskBackend(bare_cluster, memory="8GB", num_cpus=4)
+    for _ in range(2):
+        assert list(backend.execute(Dataset.from_list([1, 2]).map(lambda x: x + 1))) == [2, 3]
+    warnings = [m for m in zephyr_warnings if "advertises the resource" in m]
+    assert len(warnings) == 1 and "CPU,MEMORY" in warnings[0]
+
+
+# -- bounded parallelism ---------------------------------------------------------------------------
+def test_max_parallelism_holds_across_worker_processes(dask_backend, tmp_path):
+    probe = ConcurrencyProbe.create(tmp_path, "bounded")
+    limited = DaskBackend(max_parallelism=1)
+    assert list(limited.execute(Dataset.from_list(range(4)).map(_held(probe, 0.2)))) == [0, 1, 2, 3]
+    assert probe.max == 1
+
+    probe2 = ConcurrencyProbe.create(tmp_path, "unbounded")
+    assert list(dask_backend.execute(Dataset.from_list(range(4)).map(_held(probe2, 0.3)))) == [
+        0,
+        1,
+        2,
+        3,
+    ]
+    assert probe2.max == 2, "two single-threaded workers run two shards at once without a limit"
+
+
+def test_driver_submits_only_a_window_of_tasks(dask_backend):
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def count_zephyr_tasks(dask_scheduler=None):
+        return sum(1 for k in dask_scheduler.tasks if str(k).startswith("zephyr-"))
+
+    def poll():
+        while not stop.is_set():
+            seen.append(dask_backend.client.run_on_scheduler(count_zephyr_tasks))
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    try:
+        results = list(dask_backend.execute(Dataset.from_list(range(300)).map(_sleepy)))
+    finally:
+        stop.set()
+        thread.join()
+    assert results == list(range(300))
+    # 300 shards pack into 60 tasks; the window is 2 per worker thread (4 here). The scheduler forgets
+    # a consumed task asynchronously, so it may briefly still count one or two of them.
+    assert max(seen) <= 6, f"the driver flooded the scheduler: {max(seen)} tasks at once"
+
+
+def _sleepy(x):
+    time.sleep(0.002)
+    return x
+
+
+def test_results_stream_before_the_last_shard_starts(dask_backend, tmp_path):
+    probe = ConcurrencyProbe.create(tmp_path, "stream")
+    it = dask_backend.execute(Dataset.from_list(range(12)).map(_held(probe, 0.05)))
+    assert next(it) == 0
+    assert probe.total < 12, "the first result arrives while later shards have not started"
+    assert list(it) == list(range(1, 12))
+
+
+# -- nested pools (seed Pattern 5) -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def one_thread_cluster():
+    """A single worker with a single thread: the hardest case for nested pools."""
+    with distributed.LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=":0",
+        silence_logs=logging.CRITICAL,
+    ) as cluster, distributed.Client(cluster, set_as_default=False) as client:
+        yield client
+
+
+def _nested_pipeline(outer, inner, outer_probe, inner_probe):
+    def open_shard(records, info):
+        outer_probe.enter()
+        for shard_dir in records:
+            for i in range(3):
+                yield f"{shard_dir}/file-{i}"
+
+    def close_shard(records, info):
+        yield from records
+        outer_probe.exit()
+
+    def process_file(path):
+        with inner_probe.hold(0.1):
+            return path.upper()
+
+    return (
+        Dataset.from_list([f"dir{i}" for i in range(4)], backend=outer)
+        .map_shard(open_shard)
+        .map(process_file, backend=inner)
+        .map_shard(close_shard)
+    )
+
+
+def test_nested_pools_hold_both_limits_on_one_thread_workers(one_thread_cluster, tmp_path):
+    outer_probe = ConcurrencyProbe.create(tmp_path, "outer")
+    inner_probe = ConcurrencyProbe.create(tmp_path, "inner")
+    outer = DaskBackend(one_thread_cluster, max_parallelism=2)
+    inner = DaskBackend(one_thread_cluster, max_parallelism=2)
+    out = list(outer.execute(_nested_pipeline(outer, inner, outer_probe, inner_probe)))
+    assert out == [f"DIR{i}/FILE-{j}" for i in range(4) for j in range(3)]
+    assert 1 <= outer_probe.max <= 2
+    assert 1 <= inner_probe.max <= 2
+    assert inner_probe.total == 12
+
+
+def test_nested_pools_through_flow_backend_like_the_seed(dask_backend, tmp_path):
+    outer_probe = ConcurrencyProbe.create(tmp_path, "outer")
+    inner_probe = ConcurrencyProbe.create(tmp_path, "inner")
+    with cli_context("dask", max_parallelism=3, memory="512MB"):
+        outer = flow_backend()
+        inner = flow_backend(max_parallelism=1)
+        assert outer is flow_backend()
+        assert inner.config.memory == outer.config.memory == 512_000_000
+        assert inner.config.max_parallelism == 1
+        out = list(outer.execute(_nested_pipeline(outer, inner, outer_probe, inner_probe)))
+    assert len(out) == 12
+    assert outer_probe.max <= 3
+    assert inner_probe.max == 1
+
+
+# -- failures ------------------------------------------------------------------------------------------
+def _die_once(marker_dir):
+    def fn(x):
+        marker = os.path.join(marker_dir, f"attempt-{x}")
+        if x == 1 and not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(1)  # the worker process dies mid-task, as on OOM or preemption
+        return x * 10
+
+    return fn
+
+
+def _always_die(x):
+    os._exit(1)
+
+
+def test_task_lost_with_its_worker_is_retried(dask_backend, tmp_path):
+    out = list(dask_backend.execute(Dataset.from_list(range(3)).map(_die_once(str(tmp_path)))))
+    assert out == [0, 10, 20]
+    assert os.path.exists(tmp_path / "attempt-1")
+
+
+def test_task_lost_more_than_max_retries_fails_with_a_clear_error(dask_backend):
+    backend = DaskBackend(max_retries=1)
+    with pytest.raises(ZephyrError, match=r"stage 'map' shard 0: the task was lost 2 times"):
+        list(backend.execute(Dataset.from_list([0]).map(_always_die)))
+    # the cluster recovers for the next pipeline
+    assert list(dask_backend.execute(Dataset.from_list([1, 2]).map(str))) == ["1", "2"]
+
+
+def test_user_error_fails_fast_without_running_every_shard(dask_backend, tmp_path):
+    probe = ConcurrencyProbe.create(tmp_path, "ran")
+
+    def fn(x):
+        with probe.hold(0.05):
+            if x == 2:
+                raise KeyError("missing 'text'")
+            return x
+
+    with pytest.raises(ZephyrError, match=r"stage 'map' shard 2 \(input 2\): map\(.*\) raised KeyError") as e:
+        list(dask_backend.execute(Dataset.from_list(range(200)).map(fn)))
+    assert isinstance(e.value.__cause__, KeyError)
+    assert "Traceback" in str(e.value.__cause__.__cause__)  # the worker-side traceback
+    assert probe.total < 200
+
+
+def test_unpicklable_function_is_refused_before_submission(dask_backend):
+    lock = threading.Lock()
+
+    def uses_lock(x):
+        with lock:
+            return x
+
+    with pytest.raises(ZephyrError, match=r"map\(.*uses_lock\) cannot be pickled.*module level"):
+        dask_backend.execute(Dataset.from_list([1]).map(uses_lock))
+
+
+@pytest.mark.timeout(10)
+def test_unreachable_scheduler_fails_within_seconds():
+    backend = DaskBackend("tcp://127.0.0.1:1", connect_timeout=2)
+    with pytest.raises(ZephyrError, match=r"cannot reach the Dask scheduler at 'tcp://127.0.0.1:1'"):
+        backend.execute(Dataset.from_list([1]))
+
+
+def test_keys_name_the_stage_and_shard(dask_backend):
+    ds = Dataset.from_list(range(3)).filter(lambda x: True).map(lambda x: distributed.get_worker().get_current_task())
+    keys = list(dask_backend.execute(ds))
+    for shard, key in enumerate(keys):
+        assert re.fullmatch(rf"zephyr-filter-map-{shard}-[0-9a-f]{{8}}", key), key
+    from dask.utils import key_split
+
+    assert {key_split(k) for k in keys} == {"zephyr-filter-map"}

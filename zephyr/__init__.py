@@ -1,0 +1,60 @@
+"""Zephyr: lazy Dataset pipelines for ML data processing, executed on Dask (or threads, or
+in-process).
+
+from zephyr import Dataset, flow_backend, load_jsonl
+
+pipeline = (
+    Dataset.from_files("raw/", "*.jsonl.gz")
+    .flat_map(load_jsonl)
+    .filter(lambda doc: len(doc["text"]) > 100)
+    .write_jsonl("clean/{shard:05d}.jsonl.gz")
+)
+written = list(flow_backend().execute(pipeline))
+"""
+
+import logging as _logging
+
+from zephyr.backends.base import Backend, BackendConfig
+from zephyr.backends.config import create_backend, flow_backend, parse_memory
+from zephyr.backends.sync import SyncBackend
+from zephyr.backends.threads import ThreadBackend
+from zephyr.dataset import Dataset
+from zephyr.errors import ZephyrError
+from zephyr.io.jsonl import load_jsonl
+from zephyr.kernels import ShardInfo
+from zephyr.plan import Plan
+
+__all__ = [
+    "Backend",
+    "BackendConfig",
+    "DaskBackend",
+    "Dataset",
+    "Plan",
+    "ShardInfo",
+    "SyncBackend",
+    "ThreadBackend",
+    "ZephyrError",
+    "create_backend",
+    "flow_backend",
+    "load_jsonl",
+    "parse_memory",
+]
+
+# One log line per stage and the dashboard URL reach stderr unless the application configures
+# logging.
+_logger = _logging.getLogger("zephyr")
+if not _logger.handlers:
+    _handler = _logging.StreamHandler()
+    _handler.setFormatter(_logging.Formatter("%(asctime)s zephyr %(levelname)s %(message)s"))
+    _logger.addHandler(_handler)
+    _logger.setLevel(_logging.INFO)
+    _logger.propagate = False
+
+
+def __getattr__(name: str):
+    # DaskBackend imports distributed; load it on first use so `import zephyr` stays light.
+    if name == "DaskBackend":
+        from zephyr.backends.dask import DaskBackend
+
+        return DaskBackend
+    raise AttributeError(f"module 'zephyr' has no attribute {name!r}")

@@ -1,0 +1,188 @@
+"""Connections to Dask clusters: the embedded LocalCluster (one per process) or a scheduler address.
+
+Imports distributed. Every wait here has a deadline: an unreachable scheduler raises ZephyrError
+naming the
+address within `timeout` seconds.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+import dask
+import distributed
+from distributed import Client
+
+from zephyr.errors import ZephyrError
+
+logger = logging.getLogger("zephyr")
+
+_LOCK = threading.Lock()
+_EMBEDDED: Connection | None = None
+_BY_ADDRESS: dict[str, Connection] = {}
+
+
+def _detect_gpus() -> int:
+    """GPUs visible to this machine (0 without an NVIDIA driver)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    with contextlib.suppress(OSError):
+        return len([d for d in os.listdir("/dev") if d.startswith("nvidia") and d[6:].isdigit()])
+    return 0
+
+
+class Connection:
+    """A client (and the cluster we started, if any)."""
+
+    def __init__(self, client: Client, cluster: Any, owns: bool):
+        self.client = client
+        self.cluster = cluster
+        self.owns = owns
+        self._announced = False
+        self._threads: int | None = None
+
+    @property
+    def dashboard_link(self) -> str | None:
+        with contextlib.suppress(Exception):
+            return self.client.dashboard_link
+        return None
+
+    def announce(self) -> None:
+        """Log the dashboard URL once per connection."""
+        if not self._announced:
+            self._announced = True
+            logger.info(
+                "Dask dashboard: %s (scheduler %s)",
+                self.dashboard_link,
+                self.client.scheduler.address,
+            )
+
+    def workers(self, timeout: float = 10.0) -> list[dict]:
+        """The workers' info dicts; waits up to `timeout` seconds for the first worker."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                info = self.client.scheduler_info(n_workers=-1)
+            except TypeError:  # older distributed
+                info = self.client.scheduler_info()
+            workers = list(info.get("workers", {}).values())
+            if workers:
+                return workers
+            if time.monotonic() > deadline:
+                raise ZephyrError(
+                    f"the Dask cluster at {self.client.scheduler.address} has no workers after "
+                    f"{timeout:g} s; start workers (dask worker <address>) or use the embedded "
+                    "cluster"
+                )
+            time.sleep(0.1)
+
+    def total_threads(self) -> int:
+        if self._threads is None:
+            self._threads = sum(w.get("nthreads", 1) for w in self.workers())
+        return self._threads
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.close(timeout=10)
+        if self.cluster is not None:
+            with contextlib.suppress(Exception):
+                self.cluster.close(timeout=10)
+
+
+@contextlib.contextmanager
+def _main_hidden() -> Any:
+    """Start worker processes without re-running the driver's `__main__` in each of them.
+
+    multiprocessing's spawn re-imports the main script in every child; a script without an
+    `if __name__ == "__main__":` guard (or one read from stdin) would otherwise run again in each
+    worker.
+    Workers do not need it: functions from `__main__` travel by value (cloudpickle).
+    """
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main and k in main.__dict__}
+    try:
+        if main is not None:
+            main.__dict__.pop("__file__", None)
+            main.__spec__ = None
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.update(saved)
+            if "__spec__" not in saved:
+                main.__dict__.pop("__spec__", None)
+
+
+def embedded(max_retries: int = 3) -> Connection:
+    """The process-wide embedded LocalCluster, started on first use and stopped at exit.
+
+    One single-threaded worker process per core on 127.0.0.1, memory split evenly, each advertising
+    CPU=1, MEMORY=<its memory limit> and GPU=<visible GPUs>.
+    """
+    global _EMBEDDED
+    with _LOCK:
+        if _EMBEDDED is not None and _EMBEDDED.client.status == "running":
+            return _EMBEDDED
+        from distributed.system import MEMORY_LIMIT
+
+        n = max(1, os.cpu_count() or 1)
+        memory = int(MEMORY_LIMIT // n)
+        # A task lost with its worker surfaces to the driver at once, which resubmits it up to
+        # max_retries times: one retry budget, counted in one place.
+        with dask.config.set({"distributed.scheduler.allowed-failures": 0}), _main_hidden():
+            cluster = distributed.LocalCluster(
+                n_workers=n,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address="127.0.0.1:8787",
+                memory_limit=memory,
+                resources={"CPU": 1, "MEMORY": memory, "GPU": _detect_gpus()},
+                silence_logs=logging.CRITICAL,  # user errors are reported by the driver
+            )
+        client = Client(cluster, set_as_default=False)
+        _EMBEDDED = Connection(client, cluster, owns=True)
+        return _EMBEDDED
+
+
+def shutdown_embedded() -> None:
+    """Stop the embedded cluster if one is running (it starts again on next use)."""
+    global _EMBEDDED
+    with _LOCK:
+        conn, _EMBEDDED = _EMBEDDED, None
+    if conn is not None:
+        conn.close()
+
+
+atexit.register(shutdown_embedded)
+
+
+def connect(address: str | Client | None, timeout: float, max_retries: int = 3) -> Connection:
+    """A connection for `address`: None -> embedded cluster, a Client -> itself, a string -> a
+    shared
+    client per address. Raises ZephyrError if the scheduler cannot be reached within `timeout` s."""
+    if address is None:
+        return embedded(max_retries)
+    if isinstance(address, Client):
+        return Connection(address, None, owns=False)
+    with _LOCK:
+        conn = _BY_ADDRESS.get(address)
+        if conn is not None and conn.client.status == "running":
+            return conn
+        try:
+            client = Client(address, timeout=timeout, set_as_default=False)
+        except (OSError, TimeoutError) as e:
+            raise ZephyrError(
+                f"cannot reach the Dask scheduler at {address!r} within {timeout:g} s "
+                f"({type(e).__name__}: {e}); check the address and that the scheduler is running, "
+                "or omit --cluster to run on an embedded local cluster"
+            ) from None
+        conn = _BY_ADDRESS[address] = Connection(client, None, owns=True)
+        return conn

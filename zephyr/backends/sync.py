@@ -1,0 +1,36 @@
+"""SyncBackend: runs every task in the calling thread, one at a time. The reference semantics.
+
+Use it for tests and for debugging with pdb: tracebacks point straight into your functions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zephyr.backends.base import Backend, BackendConfig
+from zephyr.backends.config import make_config
+from zephyr.kernels import run_task
+from zephyr.plan import Stage
+
+
+class SyncBackend(Backend):
+    """Run each shard in turn in this thread. Resource settings are accepted and ignored."""
+
+    kind = "sync"
+
+    def __init__(self, config: BackendConfig | None = None, **settings: Any):
+        super().__init__(config or make_config(**settings))
+
+    def _submit(
+        self, run: Any, stage: Stage, shards: list, flat: bool, total: int, attempt: int
+    ) -> Any:
+        return run_task(stage, shards, flat, total)
+
+    def _wait_any(self, handles: list) -> None:
+        return None
+
+    def _done(self, handle: Any) -> bool:
+        return True
+
+    def _outcome(self, handle: Any, keep: bool) -> Any:
+        return handle

@@ -1,0 +1,206 @@
+"""The lazy, immutable Dataset: a source plus a tuple of logical ops. Nothing runs until executed.
+
+Imports no Dask: execution is delegated to a backend (`zephyr.backends`).
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from zephyr.ops import (
+    FilterOp,
+    FlatMapOp,
+    MapOp,
+    MapShardOp,
+    ReshardOp,
+    SourceOp,
+    TakePerShardOp,
+    WindowOp,
+    WriteOp,
+)
+from zephyr.plan import Plan, compute_plan
+
+
+def _check_callable(fn: object, method: str) -> None:
+    if not callable(fn):
+        raise TypeError(f"Dataset.{method} takes a function, got {type(fn).__name__} {fn!r}")
+
+
+def _check_positive(n: object, method: str, minimum: int = 1) -> None:
+    if not isinstance(n, int) or isinstance(n, bool) or n < minimum:
+        raise ValueError(f"Dataset.{method} takes an integer >= {minimum}, got {n!r}")
+
+
+def glob_files(pattern: str) -> list[str]:
+    """Sorted file paths matching an fsspec glob, with the protocol kept for remote filesystems."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(pattern)
+    found = fs.glob(path, detail=True)
+    files = [p for p, info in found.items() if info.get("type", "file") != "directory"]
+    if "file" not in fs.protocol and "local" not in fs.protocol:
+        files = [fs.unstrip_protocol(p) for p in files]
+    return sorted(files)
+
+
+class Dataset:
+    """A lazy pipeline over shards of records.
+
+    Each source item (a list element or a file) is one shard. Record ops (`map`, `flat_map`,
+    `filter`) and
+    shard ops (`map_shard`, `window`, `take_per_shard`, writers) fuse into one task per shard;
+    `reshard`
+    starts a new stage. Methods return new Datasets; nothing runs until `execute`.
+
+    >>> from zephyr import Dataset, SyncBackend
+    >>> list(Dataset.from_list([1, 2, 3]).map(lambda x: x * 10).execute(SyncBackend()))
+    [10, 20, 30]
+    """
+
+    __slots__ = ("_source", "_ops")
+
+    def __init__(self, source: SourceOp, ops: tuple = ()):
+        self._source = source
+        self._ops = ops
+
+    # -- constructors
+    # -------------------------------------------------------------------------------
+    @classmethod
+    def from_list(cls, items: Iterable, backend: Any = None) -> Dataset:
+        """One shard per item; `backend` is what `dataset.execute()` uses when given none."""
+        items = tuple(items)
+        return cls(SourceOp(items, "list", f"[{len(items)} items]", backend))
+
+    @classmethod
+    def from_iterable(cls, iterable: Iterable, backend: Any = None) -> Dataset:
+        """One shard per item of `iterable`, which is consumed now (a Dataset can run more than
+        once)."""
+        return cls.from_list(iterable, backend=backend)
+
+    @classmethod
+    def from_files(
+        cls,
+        pattern: str,
+        glob: str | None = None,
+        *,
+        empty_glob_ok: bool = False,
+        backend: Any = None,
+    ) -> Dataset:
+        """One shard per file matching `pattern` (an fsspec glob: local, memory://, gs://, ...),
+        sorted.
+
+        Two-argument form: `from_files(directory, "*.jsonl.gz")`. No match raises FileNotFoundError
+        naming
+        the pattern, unless `empty_glob_ok=True` (then the dataset has no shards).
+        """
+        full = str(pattern)
+        if glob is not None:
+            full = posixpath.join(full.rstrip("/"), glob)
+        files = glob_files(full)
+        if not files and not empty_glob_ok:
+            raise FileNotFoundError(
+                f"no files match {full!r}; check the path and pattern, or pass empty_glob_ok=True "
+                "to allow an empty dataset"
+            )
+        return cls(SourceOp(tuple(files), "files", repr(full), backend))
+
+    # -- ops ---------------------------------------------------------------------------------------
+    def _with(self, op: Any) -> Dataset:
+        return Dataset(self._source, self._ops + (op,))
+
+    def map(self, fn: Callable[[Any], Any], backend: Any = None) -> Dataset:
+        """Apply `fn` to every record. With `backend`, this op runs there, one task per record,
+        nested
+        inside each shard of the executing backend (bounded by that backend's max_parallelism)."""
+        _check_callable(fn, "map")
+        return self._with(MapOp(fn, backend))
+
+    def flat_map(self, fn: Callable[[Any], Iterable], backend: Any = None) -> Dataset:
+        """Apply `fn` to every record and stream every item of the iterable it returns
+        (`.flat_map(load_jsonl)` turns file paths into records)."""
+        _check_callable(fn, "flat_map")
+        return self._with(FlatMapOp(fn, backend))
+
+    def filter(self, pred: Callable[[Any], bool]) -> Dataset:
+        """Keep the records for which `pred(record)` returns True."""
+        _check_callable(pred, "filter")
+        return self._with(FilterOp(pred))
+
+    def map_shard(self, fn: Callable[[Iterator, Any], Iterable]) -> Dataset:
+        """Call `fn(records, shard_info)` once per shard; stream what it returns.
+
+        `records` is an iterator over the shard's records; `shard_info` is a `ShardInfo` with
+        `shard_idx`, `total_shards` and `input` (the shard's source item, or None after a reshard).
+        """
+        _check_callable(fn, "map_shard")
+        return self._with(MapShardOp(fn))
+
+    def window(self, size: int) -> Dataset:
+        """Group each shard's records into lists of `size` (the last list of a shard may be
+        shorter)."""
+        _check_positive(size, "window")
+        return self._with(WindowOp(size))
+
+    batch = window
+
+    def take_per_shard(self, n: int) -> Dataset:
+        """Keep only the first `n` records of each shard; the rest of the shard is not read."""
+        _check_positive(n, "take_per_shard", minimum=0)
+        return self._with(TakePerShardOp(n))
+
+    def reshard(self, num_shards: int) -> Dataset:
+        """Redistribute all records, keeping their order, into `num_shards` near-equal shards."""
+        _check_positive(num_shards, "reshard")
+        return self._with(ReshardOp(num_shards))
+
+    def load_jsonl(self) -> Dataset:
+        """Shorthand for `.flat_map(load_jsonl)`: file paths in, records out."""
+        from zephyr.io.jsonl import load_jsonl
+
+        return self.flat_map(load_jsonl)
+
+    def write_jsonl(self, pattern: str | Callable[[int, int], str]) -> Dataset:
+        """Write each shard to one JSON Lines file; the pipeline then yields the written paths.
+
+        `pattern` may use `{shard}` (e.g. `{shard:05d}`), `{total}` and `{basename}` (the input
+        file's name
+        without extensions), or be a callable `(shard_idx, total) -> path`. `.gz` and `.zst`
+        compress.
+        """
+        return self._with(WriteOp("jsonl", pattern))
+
+    # -- planning and execution
+    # ---------------------------------------------------------------------
+    @property
+    def num_input_shards(self) -> int:
+        return len(self._source.items)
+
+    def compute_plan(self, backend: Any = None) -> Plan:
+        """The fused physical plan for executing on `backend` (no printing, no I/O)."""
+        return compute_plan(self._source, self._ops, backend)
+
+    def plan(self, backend: Any = None) -> Plan:
+        """Print the stages this dataset runs as, and return the Plan."""
+        plan = self.compute_plan(backend)
+        print(plan.describe())
+        return plan
+
+    def execute(self, backend: Any = None) -> Iterator:
+        """Run on `backend` (default: the source's backend, else `flow_backend()`); stream the
+        results in
+        shard order. Same as `backend.execute(dataset)`."""
+        if backend is None:
+            backend = self._source.backend
+        if backend is None:
+            from zephyr.backends.config import flow_backend
+
+            backend = flow_backend()
+        return backend.execute(self)
+
+    def __repr__(self) -> str:
+        ops = " -> ".join(getattr(op, "detail", op.label) for op in self._ops)
+        return (
+            f"Dataset({self._source.label} {self._source.description}{' -> ' + ops if ops else ''})"
+        )

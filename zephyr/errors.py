@@ -1,0 +1,78 @@
+"""Zephyr's exception types and the wrapping of user-code failures.
+
+Pure Python: no Dask import. A failure inside user code is wrapped once, where it happens, with the
+stage,
+shard and input; the wrapper crosses process boundaries by pickle and is re-raised on the driver.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+
+_REPR_LIMIT = 200
+
+
+class ZephyrError(RuntimeError):
+    """A pipeline failed: the message names the stage, the shard and the input, and the cause."""
+
+
+class _RemoteTraceback(Exception):
+    """Carries the traceback text of an exception raised in another process (shown as its cause)."""
+
+    def __init__(self, tb: str):
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+def short_repr(value: object, limit: int = _REPR_LIMIT) -> str:
+    """repr() of a value cut to `limit` characters, for error messages."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass
+class UserCodeFailure:
+    """A picklable record of an exception raised by user code inside a shard task.
+
+    Tasks return this instead of raising so that the scheduler does not retry it: user errors fail
+    fast,
+    only infrastructure failures (a lost worker) are retried.
+    """
+
+    message: str
+    exception: BaseException
+    traceback_text: str
+
+    @classmethod
+    def capture(cls, message: str, exc: BaseException) -> UserCodeFailure:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        try:
+            import cloudpickle
+
+            cloudpickle.loads(cloudpickle.dumps(exc))
+            kept: BaseException = exc
+        except Exception:  # an exception that cannot cross processes is replaced by its text
+            kept = RuntimeError(f"{type(exc).__name__}: {exc}")
+        kept.__traceback__ = None
+        return cls(message=message, exception=kept, traceback_text=tb)
+
+    def raise_(self) -> None:
+        """Raise a ZephyrError chained to the original exception (whose cause shows the remote
+        traceback)."""
+        exc = self.exception
+        if exc.__cause__ is None:
+            exc.__cause__ = _RemoteTraceback("\n" + self.traceback_text)
+        raise ZephyrError(self.message) from exc
+
+
+class _WrappedUserError(Exception):
+    """Internal: raised inside a kernel chain once a user failure has been described, so that outer
+    generators in the same chain pass it through instead of describing it again."""
+
+    def __init__(self, failure: UserCodeFailure):
+        super().__init__(failure.message)
+        self.failure = failure

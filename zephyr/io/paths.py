@@ -1,0 +1,98 @@
+"""Output path templates: `{shard}`, `{shard:05d}`, `{total}`, `{basename}`, or a callable.
+
+Pure: no I/O, no Dask. Templates are validated by the planner before any work starts.
+"""
+
+from __future__ import annotations
+
+import os
+import string
+from collections.abc import Callable
+
+TEMPLATE_FIELDS = ("shard", "total", "basename")
+_KNOWN_EXTENSIONS = (
+    ".gz", ".gzip", ".zst", ".zstd", ".xz", ".bz2",
+    ".jsonl", ".json", ".ndjson", ".parquet", ".txt", ".csv", ".tsv", ".bin",
+)  # fmt: skip
+
+
+def input_basename(item: object) -> str | None:
+    """The basename of a shard's input path with data and compression extensions removed.
+
+    `gs://b/raw/part-0001.jsonl.gz` -> `part-0001`. None when the input is not a path string.
+    """
+    if not isinstance(item, (str, os.PathLike)):
+        return None
+    name = os.path.basename(str(item).rstrip("/"))
+    stripped = True
+    while stripped:
+        stripped = False
+        for ext in _KNOWN_EXTENSIONS:
+            if name.lower().endswith(ext) and len(name) > len(ext):
+                name, stripped = name[: -len(ext)], True
+    return name
+
+
+def template_fields(pattern: str) -> set[str]:
+    """The field names used in a template; a field we do not know raises ValueError."""
+    fields = set()
+    for _, field_name, _, _ in string.Formatter().parse(pattern):
+        if field_name is None:
+            continue
+        if field_name not in TEMPLATE_FIELDS:
+            raise ValueError(
+                f"output pattern {pattern!r} uses {{{field_name}}}, which is not a template field; "
+                f"use {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)} "
+                "(write '{{' for a literal brace)"
+            )
+        fields.add(field_name)
+    return fields
+
+
+def validate_pattern(pattern: str | Callable, num_shards: int | None, inputs: tuple | None) -> None:
+    """Raise ValueError if `pattern` cannot give each of `num_shards` shards its own path.
+
+    `inputs` are the shards' source items when known (for `{basename}`); None after a reshard.
+    """
+    if callable(pattern):
+        return
+    if not isinstance(pattern, str) or not pattern:
+        raise ValueError(
+            f"output pattern must be a non-empty string or a callable, got {pattern!r}"
+        )
+    fields = template_fields(pattern)
+    if "basename" in fields:
+        if inputs is None:
+            raise ValueError(
+                f"output pattern {pattern!r} uses {{basename}} but its shards come from a reshard "
+                "and have no input file; use {shard:05d} instead"
+            )
+        names = [input_basename(i) for i in inputs]
+        if any(n is None for n in names):
+            raise ValueError(
+                f"output pattern {pattern!r} uses {{basename}} but the inputs are not file paths; "
+                "use {shard:05d} instead"
+            )
+        if "shard" not in fields and len(set(names)) < len(names):
+            raise ValueError(
+                f"output pattern {pattern!r} would write several shards to one path: inputs "
+                "share a basename; add '{shard:05d}'"
+            )
+        return
+    if num_shards is not None and num_shards > 1 and "shard" not in fields:
+        raise ValueError(
+            f"output pattern {pattern!r} has no '{{shard}}' but the dataset has {num_shards} "
+            "shards; add '{shard:05d}'"
+        )
+
+
+def render_path(pattern: str | Callable, shard: int, total: int, input_item: object = None) -> str:
+    """The output path of one shard."""
+    if callable(pattern):
+        path = pattern(shard, total)
+        if not isinstance(path, (str, os.PathLike)):
+            raise ValueError(
+                f"output pattern callable returned {path!r}; it must return a path string"
+            )
+        return str(path)
+    return pattern.format(shard=shard, total=total, basename=input_basename(input_item))

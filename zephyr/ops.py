@@ -1,0 +1,172 @@
+"""Logical operations of a Dataset: frozen dataclasses, one per user-visible method.
+
+Pure data: no Dask, no I/O. `zephyr.plan` groups these into physical stages; `zephyr.kernels` runs
+them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def callable_name(fn: Callable) -> str:
+    """A short readable name for a user function (`<lambda>` for lambdas)."""
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    if name is None and hasattr(fn, "func"):  # functools.partial
+        return callable_name(fn.func)
+    return (name or type(fn).__name__).replace(".<locals>.", ".")
+
+
+@dataclass(frozen=True)
+class SourceOp:
+    """Where shards come from: one shard per item (a list element or a file path)."""
+
+    items: tuple
+    kind: str  # "list" or "files"
+    description: str
+    backend: Any = None
+
+    @property
+    def label(self) -> str:
+        return "from_files" if self.kind == "files" else "from_list"
+
+
+@dataclass(frozen=True)
+class MapOp:
+    """Apply fn to every record; one record out per record in."""
+
+    fn: Callable
+    backend: Any = None
+
+    @property
+    def label(self) -> str:
+        return "map"
+
+    @property
+    def detail(self) -> str:
+        return f"map({callable_name(self.fn)})"
+
+
+@dataclass(frozen=True)
+class FlatMapOp:
+    """Apply fn to every record and stream every element of the iterable it returns."""
+
+    fn: Callable
+    backend: Any = None
+
+    @property
+    def label(self) -> str:
+        # A reader shows under its own name ("load_jsonl -> map -> ..."), as users think of it.
+        return getattr(self.fn, "_zephyr_reader", None) or "flat_map"
+
+    @property
+    def detail(self) -> str:
+        return f"flat_map({callable_name(self.fn)})"
+
+
+@dataclass(frozen=True)
+class FilterOp:
+    """Keep the records for which pred returns True."""
+
+    pred: Callable
+    backend: Any = None
+
+    @property
+    def label(self) -> str:
+        return "filter"
+
+    @property
+    def detail(self) -> str:
+        return f"filter({callable_name(self.pred)})"
+
+
+@dataclass(frozen=True)
+class MapShardOp:
+    """Call fn(records_iterator, shard_info) once per shard and stream what it yields."""
+
+    fn: Callable
+    backend: Any = None
+
+    @property
+    def label(self) -> str:
+        return "map_shard"
+
+    @property
+    def detail(self) -> str:
+        return f"map_shard({callable_name(self.fn)})"
+
+
+@dataclass(frozen=True)
+class WindowOp:
+    """Group consecutive records of a shard into lists of `size` (the last may be shorter)."""
+
+    size: int
+    backend: Any = None
+
+    @property
+    def label(self) -> str:
+        return "window"
+
+    @property
+    def detail(self) -> str:
+        return f"window({self.size})"
+
+
+@dataclass(frozen=True)
+class TakePerShardOp:
+    """Keep the first n records of each shard (upstream stops being read after that)."""
+
+    n: int
+    backend: Any = None
+
+    @property
+    def label(self) -> str:
+        return "take_per_shard"
+
+    @property
+    def detail(self) -> str:
+        return f"take_per_shard({self.n})"
+
+
+@dataclass(frozen=True)
+class ReshardOp:
+    """Redistribute all records, in order, into `num_shards` contiguous shards of near-equal
+    size."""
+
+    num_shards: int
+    backend: Any = None
+
+    @property
+    def label(self) -> str:
+        return "reshard"
+
+    @property
+    def detail(self) -> str:
+        return f"reshard({self.num_shards})"
+
+
+@dataclass(frozen=True)
+class WriteOp:
+    """Write each shard's records to one file named by `pattern`; the shard then yields that
+    path."""
+
+    format: str  # "jsonl"
+    pattern: str | Callable[[int, int], str]
+    options: dict = field(default_factory=dict, hash=False, compare=False)
+    backend: Any = None
+
+    @property
+    def label(self) -> str:
+        return f"write_{self.format}"
+
+    @property
+    def detail(self) -> str:
+        pattern = self.pattern if isinstance(self.pattern, str) else callable_name(self.pattern)
+        return f"write_{self.format}({pattern!r})"
+
+
+# Ops that transform a stream of records inside one shard and may share a task with their
+# neighbours.
+RECORD_OPS = (MapOp, FlatMapOp, FilterOp, MapShardOp, WindowOp, TakePerShardOp, WriteOp)
