@@ -20,14 +20,15 @@ def dask_backend():
 
     logging.getLogger("distributed").setLevel(logging.WARNING)
     backend = DaskBackend()
-    backend.client  # start the cluster now, not inside the first test's timing
+    assert backend.client.status == "running"  # start the cluster now, not inside the first test
     yield backend
     shutdown_embedded()
 
 
 @pytest.fixture(params=["sync", "threads", "dask"])
 def backend(request):
-    """Each end-to-end behaviour runs on the reference runner, threads and Dask, expecting the same."""
+    """Each end-to-end behaviour runs on the reference runner, threads and Dask, expecting the
+    same."""
     if request.param == "sync":
         yield SyncBackend()
     elif request.param == "threads":
@@ -45,8 +46,11 @@ def no_leaked_zephyr_threads():
     yield
     deadline = time.monotonic() + 5
     while True:
-        leaked = [t.name for t in threading.enumerate()
-                  if t.ident not in before and t.name.startswith("zephyr") and t.is_alive()]
+        leaked = [
+            t.name
+            for t in threading.enumerate()
+            if t.ident not in before and t.name.startswith("zephyr") and t.is_alive()
+        ]
         if not leaked or time.monotonic() > deadline:
             break
         time.sleep(0.05)

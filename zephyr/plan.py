@@ -70,6 +70,10 @@ class Stage:
         return "-".join(w for w in words if w) or "identity"
 
     @property
+    def has_nested(self) -> bool:
+        return any(isinstance(op, Nested) for op in self.ops)
+
+    @property
     def writes(self) -> bool:
         return any(isinstance(op, WriteOp) for op in self.ops)
 

@@ -1,4 +1,5 @@
-"""Cross-process test helpers: a concurrency counter shared by Dask worker processes through a file."""
+"""Cross-process test helpers: a concurrency counter shared by Dask worker processes through a
+file."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import fcntl
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 
 @dataclass(frozen=True)

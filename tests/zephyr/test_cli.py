@@ -1,4 +1,5 @@
-"""The `zephyr` command, run as a real subprocess: flags reach flow_backend(), --dry-run prints plans,
+"""The `zephyr` command, run as a real subprocess: flags reach flow_backend(), --dry-run prints
+plans,
 bad values fail with one line and exit code 2, and an unreachable cluster fails fast."""
 
 from __future__ import annotations
@@ -119,4 +120,6 @@ def test_user_error_exits_1_with_the_stage_and_shard(tmp_path):
     )
     out = zephyr("--backend", "sync", str(path))
     assert out.returncode == 1
-    assert "zephyr: error: stage 'map' shard 0 (input 'a'): map(int) raised ValueError" in out.stderr
+    assert (
+        "zephyr: error: stage 'map' shard 0 (input 'a'): map(int) raised ValueError" in out.stderr
+    )

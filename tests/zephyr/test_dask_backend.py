@@ -1,4 +1,5 @@
-"""DaskBackend on real LocalClusters: annotations reach the scheduler, resources and max_parallelism hold
+"""DaskBackend on real LocalClusters: annotations reach the scheduler, resources and
+max_parallelism hold
 across processes, nested pools cannot deadlock, lost tasks are retried, and bad setups fail fast."""
 
 from __future__ import annotations
@@ -24,29 +25,35 @@ pytestmark = pytest.mark.dask
 def resource_cluster():
     """One worker with two threads advertising MEMORY=1e9: two tasks could run at once unless the
     MEMORY annotation reaches the scheduler."""
-    with distributed.LocalCluster(
-        n_workers=1,
-        threads_per_worker=2,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=":0",
-        resources={"MEMORY": 1e9, "CPU": 2},
-        silence_logs=logging.CRITICAL,
-    ) as cluster, distributed.Client(cluster, set_as_default=False) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=1,
+            threads_per_worker=2,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=":0",
+            resources={"MEMORY": 1e9, "CPU": 2},
+            silence_logs=logging.CRITICAL,
+        ) as cluster,
+        distributed.Client(cluster, set_as_default=False) as client,
+    ):
         yield client
 
 
 @pytest.fixture(scope="module")
 def bare_cluster():
     """One single-threaded worker that advertises no resources at all."""
-    with distributed.LocalCluster(
-        n_workers=1,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=":0",
-        silence_logs=logging.CRITICAL,
-    ) as cluster, distributed.Client(cluster, set_as_default=False) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=":0",
+            silence_logs=logging.CRITICAL,
+        ) as cluster,
+        distributed.Client(cluster, set_as_default=False) as client,
+    ):
         yield client
 
 
@@ -82,7 +89,7 @@ def _restrictions(x):
     return key, worker.state.tasks[key].resource_restrictions
 
 
-# -- annotations and resources -------------------------------------------------------------------------
+# -- annotations and resources
 def test_memory_annotation_reaches_scheduler_and_limits_concurrency(resource_cluster, tmp_path):
     probe = ConcurrencyProbe.create(tmp_path, "mem")
     backend = DaskBackend(resource_cluster, memory="1GB")
@@ -98,7 +105,9 @@ def test_memory_annotation_reaches_scheduler_and_limits_concurrency(resource_clu
 def test_without_resources_the_same_worker_runs_tasks_concurrently(resource_cluster, tmp_path):
     probe = ConcurrencyProbe.create(tmp_path, "free")
     backend = DaskBackend(resource_cluster)
-    assert list(backend.execute(Dataset.from_list(range(6)).map(_held(probe, 0.3)))) == list(range(6))
+    assert list(backend.execute(Dataset.from_list(range(6)).map(_held(probe, 0.3)))) == list(
+        range(6)
+    )
     assert probe.max == 2
 
 
@@ -109,7 +118,9 @@ def test_unsatisfiable_memory_fails_at_submit_time(dask_backend):
 
 
 def test_gpu_request_on_a_cpu_only_embedded_cluster_fails_clearly(dask_backend):
-    with pytest.raises(ZephyrError, match=r"GPU=1 cannot be satisfied by any of the \d+ Dask workers"):
+    with pytest.raises(
+        ZephyrError, match=r"GPU=1 cannot be satisfied by any of the \d+ Dask workers"
+    ):
         DaskBackend(num_gpus=1).execute(Dataset.from_list([1]).map(str))
 
 
@@ -158,7 +169,8 @@ def test_driver_submits_only_a_window_of_tasks(dask_backend):
         stop.set()
         thread.join()
     assert results == list(range(300))
-    # 300 shards pack into 60 tasks; the window is 2 per worker thread (4 here). The scheduler forgets
+    # 300 shards pack into 60 tasks; the window is 2 per worker thread (4 here). The scheduler
+    # forgets
     # a consumed task asynchronously, so it may briefly still count one or two of them.
     assert max(seen) <= 6, f"the driver flooded the scheduler: {max(seen)} tasks at once"
 
@@ -180,14 +192,17 @@ def test_results_stream_before_the_last_shard_starts(dask_backend, tmp_path):
 @pytest.fixture(scope="module")
 def one_thread_cluster():
     """A single worker with a single thread: the hardest case for nested pools."""
-    with distributed.LocalCluster(
-        n_workers=1,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=":0",
-        silence_logs=logging.CRITICAL,
-    ) as cluster, distributed.Client(cluster, set_as_default=False) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=":0",
+            silence_logs=logging.CRITICAL,
+        ) as cluster,
+        distributed.Client(cluster, set_as_default=False) as client,
+    ):
         yield client
 
 
@@ -241,7 +256,7 @@ def test_nested_pools_through_flow_backend_like_the_seed(dask_backend, tmp_path)
     assert inner_probe.max == 1
 
 
-# -- failures ------------------------------------------------------------------------------------------
+# -- failures
 def _die_once(marker_dir):
     def fn(x):
         marker = os.path.join(marker_dir, f"attempt-{x}")
@@ -280,7 +295,9 @@ def test_user_error_fails_fast_without_running_every_shard(dask_backend, tmp_pat
                 raise KeyError("missing 'text'")
             return x
 
-    with pytest.raises(ZephyrError, match=r"stage 'map' shard 2 \(input 2\): map\(.*\) raised KeyError") as e:
+    with pytest.raises(
+        ZephyrError, match=r"stage 'map' shard 2 \(input 2\): map\(.*\) raised KeyError"
+    ) as e:
         list(dask_backend.execute(Dataset.from_list(range(200)).map(fn)))
     assert isinstance(e.value.__cause__, KeyError)
     assert "Traceback" in str(e.value.__cause__.__cause__)  # the worker-side traceback
@@ -301,15 +318,34 @@ def test_unpicklable_function_is_refused_before_submission(dask_backend):
 @pytest.mark.timeout(10)
 def test_unreachable_scheduler_fails_within_seconds():
     backend = DaskBackend("tcp://127.0.0.1:1", connect_timeout=2)
-    with pytest.raises(ZephyrError, match=r"cannot reach the Dask scheduler at 'tcp://127.0.0.1:1'"):
+    with pytest.raises(
+        ZephyrError, match=r"cannot reach the Dask scheduler at 'tcp://127.0.0.1:1'"
+    ):
         backend.execute(Dataset.from_list([1]))
 
 
 def test_keys_name_the_stage_and_shard(dask_backend):
-    ds = Dataset.from_list(range(3)).filter(lambda x: True).map(lambda x: distributed.get_worker().get_current_task())
+    ds = (
+        Dataset.from_list(range(3))
+        .filter(lambda x: True)
+        .map(lambda x: distributed.get_worker().get_current_task())
+    )
     keys = list(dask_backend.execute(ds))
     for shard, key in enumerate(keys):
         assert re.fullmatch(rf"zephyr-filter-map-{shard}-[0-9a-f]{{8}}", key), key
     from dask.utils import key_split
 
     assert {key_split(k) for k in keys} == {"zephyr-filter-map"}
+
+
+@pytest.mark.timeout(60)
+def test_nested_pool_with_memory_requests_does_not_starve_inner_tasks(resource_cluster, tmp_path):
+    """The outer shard waits for its inner tasks; if it also held MEMORY=1e9 on the only worker
+    (which offers 1e9), no inner task could ever start."""
+    outer = DaskBackend(resource_cluster, memory="1GB")
+    inner = DaskBackend(resource_cluster, memory="1GB", max_parallelism=1)
+    outer_probe = ConcurrencyProbe.create(tmp_path, "outer")
+    inner_probe = ConcurrencyProbe.create(tmp_path, "inner")
+    out = list(outer.execute(_nested_pipeline(outer, inner, outer_probe, inner_probe)))
+    assert len(out) == 12
+    assert inner_probe.max == 1

@@ -312,6 +312,9 @@ class DaskBackend(Backend):
     def _submit(
         self, run: _Run, stage: Stage, shards: list, flat: bool, total: int, attempt: int
     ) -> Any:
+        # A stage that fans out to a nested pool mostly waits for its inner tasks, which carry the
+        # resources; a seceded task keeps its resources in Dask, so claiming them here as well could
+        # leave no worker able to run the inner tasks.
         payload = run.payloads[id(stage)]
         if isinstance(payload, bytes) and len(payload) > INLINE_PAYLOAD_BYTES:
             # A large stage (a closure over a lookup table) is copied to every worker once, not
@@ -324,7 +327,7 @@ class DaskBackend(Backend):
         return run.client.submit(
             _dask_task, payload, f"{run.token}-{stage.index}", shards, flat, total,
             self.semaphore_name, self.config.max_parallelism or 0,
-            key=key, resources=run.resources, pure=False,
+            key=key, resources=None if stage.has_nested else run.resources, pure=False,
         )  # fmt: skip
 
     def _wait_any(self, handles: list) -> None:
