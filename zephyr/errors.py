@@ -60,6 +60,18 @@ class UserCodeFailure:
         kept.__traceback__ = None
         return cls(message=message, exception=kept, traceback_text=tb)
 
+    @classmethod
+    def from_nested(cls, where: str, error: ZephyrError) -> UserCodeFailure:
+        """Describe a nested stage's failure from its parent shard, keeping the original cause."""
+        cause = error.__cause__ if error.__cause__ is not None else error
+        remote = cause.__cause__
+        tb = (
+            remote.tb
+            if isinstance(remote, _RemoteTraceback)
+            else "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
+        )
+        return cls(message=f"{where}: in nested {error}", exception=cause, traceback_text=tb)
+
     def raise_(self) -> None:
         """Raise a ZephyrError chained to the original exception (whose cause shows the remote
         traceback)."""

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from zephyr.errors import UserCodeFailure, _WrappedUserError, short_repr
+from zephyr.errors import UserCodeFailure, ZephyrError, _WrappedUserError, short_repr
 from zephyr.ops import FilterOp, FlatMapOp, MapOp, MapShardOp, TakePerShardOp, WindowOp, WriteOp
 from zephyr.plan import Nested, Stage
 
@@ -137,7 +137,10 @@ def run_ops(ops: tuple, records: Iterable, info: ShardInfo, counter: list) -> It
 
 
 def _nested(it: Iterator, state: dict, op: Nested, info: ShardInfo) -> Iterator:
-    yield from op.backend.run_nested(op.ops, it, f"{info.stage} / {op.label}")
+    try:
+        yield from op.backend.run_nested(op.ops, it, op.label)
+    except ZephyrError as e:  # already described by the nested run: add where, not a second cause
+        raise _WrappedUserError(UserCodeFailure.from_nested(_where(info), e)) from None
 
 
 @dataclass

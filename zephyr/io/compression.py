@@ -1,10 +1,9 @@
 """Opening inputs and outputs over fsspec, with compression chosen from the file extension.
 
-Outputs are committed atomically: on a local disk the bytes go to a hidden temporary file in the
-same folder
-and are renamed into place on success; elsewhere the object store publishes on close and a failed
-write
-removes what it left. Default levels favour throughput: gzip 1, zstd 3.
+Outputs are committed atomically: on a local disk (and memory://) the bytes go to a hidden temporary
+file in the same folder and are moved into place on success; object stores (gs://, s3://) publish an
+object only when its upload completes on close, and a failed write discards the upload.
+Default levels favour throughput: gzip 1, zstd 3.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ import contextlib
 import gzip
 import lzma
 import os
+import posixpath
 import uuid
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -26,6 +26,15 @@ CHUNK_BYTES = 1 << 20
 _GZIP = (".gz", ".gzip")
 _ZSTD = (".zst", ".zstd")
 _XZ = (".xz",)
+
+
+_OBJECT_STORES = {"gs", "gcs", "s3", "s3a", "az", "abfs", "abfss", "adl"}
+
+
+def _publishes_on_close(fs: fsspec.AbstractFileSystem) -> bool:
+    """Object stores make an object visible only when its upload completes (on close)."""
+    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+    return bool(protocols & _OBJECT_STORES)
 
 
 def compression_of(path: str) -> str | None:
@@ -113,6 +122,18 @@ def atomic_output(path: str) -> Iterator[BinaryIO]:
         return
     if parent:
         fs.makedirs(parent, exist_ok=True)
+    if not _publishes_on_close(fs):
+        # memory:// and similar show a file as soon as it is opened: write aside, then move.
+        tmp = posixpath.join(parent, f".{posixpath.basename(fspath)}.tmp-{uuid.uuid4().hex}")
+        try:
+            with fs.open(tmp, "wb") as raw, _compressed(raw, fspath) as f:
+                yield f
+            fs.mv(tmp, fspath)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                if fs.exists(tmp):
+                    fs.rm(tmp)
+        return
     raw = fs.open(fspath, "wb")
     try:
         with _compressed(raw, fspath) as f:

@@ -1,17 +1,31 @@
-"""JSON Lines: a streaming reader and a writer, with orjson as the codec (plain dicts in and
-out)."""
+"""JSON Lines: a streaming reader and a writer, with msgspec as the codec (plain dicts in and out).
+
+msgspec decodes as fast as orjson here and, unlike orjson, keeps integers beyond 64 bits exact.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
+from typing import Any
 
-import orjson
+import msgspec
 
 from zephyr.io.compression import atomic_output, iter_lines
 
 _WRITE_BATCH = 512
-_DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+def _enc_hook(obj: Any) -> Any:
+    # numpy scalars and arrays (anything with .tolist()) become plain JSON values.
+    tolist = getattr(obj, "tolist", None)
+    if tolist is not None:
+        return tolist()
+    raise TypeError(f"cannot write {type(obj).__name__} {obj!r} as JSON")
+
+
+_decode = msgspec.json.Decoder().decode
+_encode = msgspec.json.Encoder(enc_hook=_enc_hook).encode
 
 
 def load_jsonl(path: str) -> Iterator[dict]:
@@ -20,16 +34,19 @@ def load_jsonl(path: str) -> Iterator[dict]:
     Blank lines are skipped. A malformed line raises ValueError naming the file and the line number.
     Use it with `flat_map`: `Dataset.from_files("in/*.jsonl.gz").flat_map(load_jsonl)`.
     """
-    loads = orjson.loads
+    decode = _decode
     lineno = 0
     for line in iter_lines(path):
         lineno += 1
         try:
-            record = loads(line)
-        except orjson.JSONDecodeError as e:
+            record = decode(line)
+        except msgspec.MsgspecError as e:
             if not line.strip():
                 continue
-            raise ValueError(f"{path}: line {lineno}: invalid JSON ({e})") from None
+            try:  # numbers msgspec refuses (1e400) still parse the stdlib way
+                record = json.loads(line)
+            except ValueError:
+                raise ValueError(f"{path}: line {lineno}: invalid JSON ({e})") from None
         yield record
 
 
@@ -38,8 +55,8 @@ load_jsonl._zephyr_reader = "load_jsonl"  # type: ignore[attr-defined]
 
 def _dumps(record: object) -> bytes:
     try:
-        return orjson.dumps(record, option=_DUMP_OPTIONS)
-    except TypeError:  # e.g. integers beyond 64 bits: the stdlib encoder handles them
+        return _encode(record)
+    except (TypeError, msgspec.MsgspecError):  # NaN, odd keys...: the stdlib encoder decides
         return json.dumps(record, ensure_ascii=False).encode()
 
 

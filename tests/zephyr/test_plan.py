@@ -1,0 +1,362 @@
+"""The planner: fusion into stages, stage and Dask key names, descriptions, template validation.
+
+Pure: no Dask cluster and no I/O (only the import-boundary check spawns a plain Python subprocess).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from dask.utils import key_split
+
+from zephyr import Dataset, Plan, SyncBackend, ThreadBackend, load_jsonl
+from zephyr.ops import FilterOp, FlatMapOp, MapOp, MapShardOp, TakePerShardOp, WindowOp, WriteOp
+from zephyr.plan import Nested, compute_plan
+
+
+def double(x):
+    return 2 * x
+
+
+def keep_even(x):
+    return x % 2 == 0
+
+
+def explode(x):
+    return [x, x]
+
+
+def passthrough(records, info):
+    return records
+
+
+FILES = tuple(f"/data/raw/part-{i:04d}.jsonl.gz" for i in range(4))
+
+
+def files_dataset(files=FILES) -> Dataset:
+    """A from_files-like dataset that touches no filesystem (the planner only sees the items)."""
+    return Dataset.from_list(files).load_jsonl()
+
+
+# -- fusion ----------------------------------------------------------------------------------------
+def test_record_and_shard_ops_fuse_into_one_stage():
+    ds = (
+        Dataset.from_list(range(5))
+        .map(double)
+        .flat_map(explode)
+        .filter(keep_even)
+        .map_shard(passthrough)
+        .window(3)
+        .take_per_shard(2)
+        .write_jsonl("out/{shard:05d}.jsonl")
+    )
+    plan = ds.compute_plan()
+
+    assert len(plan.stages) == 1
+    (stage,) = plan.stages
+    assert [type(op) for op in stage.ops] == [
+        MapOp, FlatMapOp, FilterOp, MapShardOp, WindowOp, TakePerShardOp, WriteOp,
+    ]  # fmt: skip
+    assert stage.num_shards == 5
+    assert stage.inputs == (0, 1, 2, 3, 4)
+    assert stage.reshard_from is None
+    assert stage.writes
+
+
+def test_source_only_dataset_is_one_identity_stage():
+    plan = Dataset.from_list([1, 2, 3]).compute_plan()
+
+    assert len(plan.stages) == 1
+    assert plan.stages[0].ops == ()
+    assert plan.stages[0].name == "identity"
+    assert plan.stages[0].num_shards == 3
+
+
+def test_reshard_starts_a_new_stage_with_its_shard_count():
+    ds = (
+        Dataset.from_list(range(10)).map(double).reshard(3).filter(keep_even).reshard(7).map(double)
+    )
+    plan = ds.compute_plan()
+
+    assert [s.index for s in plan.stages] == [0, 1, 2]
+    assert [s.num_shards for s in plan.stages] == [10, 3, 7]
+    assert [s.reshard_from for s in plan.stages] == [None, 10, 3]
+    assert plan.stages[0].inputs == tuple(range(10))
+    assert plan.stages[1].inputs is None and plan.stages[2].inputs is None
+    assert [[type(op) for op in s.ops] for s in plan.stages] == [[MapOp], [FilterOp], [MapOp]]
+    assert [s.name for s in plan.stages] == ["map", "reshard -> filter", "reshard -> map"]
+
+
+def test_reshard_right_after_the_source_leaves_an_identity_first_stage():
+    plan = Dataset.from_list(range(4)).reshard(2).map(double).compute_plan()
+
+    assert [s.name for s in plan.stages] == ["identity", "reshard -> map"]
+    assert [s.num_shards for s in plan.stages] == [4, 2]
+
+
+# -- nested backends -------------------------------------------------------------------------------
+def test_op_on_another_backend_becomes_a_nested_op_in_the_parent_stage():
+    executor, other = SyncBackend(), ThreadBackend(max_parallelism=2)
+    ds = Dataset.from_list(["a", "b"]).flat_map(explode).map(double, backend=other).filter(bool)
+    plan = ds.compute_plan(executor)
+
+    assert len(plan.stages) == 1
+    ops = plan.stages[0].ops
+    assert [type(op) for op in ops] == [FlatMapOp, Nested, FilterOp]
+    nested = ops[1]
+    assert nested.backend is other
+    assert [type(op) for op in nested.ops] == [MapOp]
+    assert nested.ops[0].fn is double
+    assert nested.label == "nested[map]"
+    assert plan.stages[0].name == "flat_map -> nested[map] -> filter"
+    assert "map(double)" in nested.detail
+
+
+def test_consecutive_ops_on_the_same_other_backend_share_one_nested_op():
+    executor, other = SyncBackend(), SyncBackend()
+    ds = Dataset.from_list([1]).map(double, backend=other).flat_map(explode, backend=other)
+    (stage,) = ds.compute_plan(executor).stages
+
+    assert len(stage.ops) == 1 and isinstance(stage.ops[0], Nested)
+    assert [type(op) for op in stage.ops[0].ops] == [MapOp, FlatMapOp]
+
+
+def test_op_on_the_executing_backend_is_not_nested():
+    executor = SyncBackend()
+    ds = Dataset.from_list([1]).map(double, backend=executor).flat_map(explode)
+    (stage,) = ds.compute_plan(executor).stages
+
+    assert [type(op) for op in stage.ops] == [MapOp, FlatMapOp]
+
+
+def test_a_backend_equal_in_settings_but_another_object_is_still_nested():
+    executor, other = SyncBackend(max_parallelism=2), SyncBackend(max_parallelism=2)
+    (stage,) = Dataset.from_list([1]).map(double, backend=other).compute_plan(executor).stages
+
+    assert isinstance(stage.ops[0], Nested) and stage.ops[0].backend is other
+
+
+# -- names -----------------------------------------------------------------------------------------
+def test_stage_name_and_key_name_follow_the_ops():
+    ds = files_dataset().map(double).filter(keep_even).write_jsonl("clean/{shard:05d}.jsonl.gz")
+    (stage,) = ds.compute_plan().stages
+
+    assert stage.name == "load_jsonl -> map -> filter -> write_jsonl"
+    assert stage.key_name == "loadjsonl-map-filter-writejsonl"
+
+
+def test_key_name_uses_only_letters_words():
+    ds = Dataset.from_list(range(4)).map_shard(passthrough).take_per_shard(2).reshard(2).window(2)
+    stages = ds.compute_plan().stages
+
+    assert [s.key_name for s in stages] == ["mapshard-takepershard", "reshard-window"]
+    assert Dataset.from_list([1]).compute_plan().stages[0].key_name == "identity"
+    for stage in stages:
+        assert all(word.isalpha() for word in stage.key_name.split("-"))
+
+
+@pytest.mark.parametrize(
+    "ds",
+    [
+        files_dataset().map(double).filter(keep_even).write_jsonl("o/{shard}.jsonl"),
+        Dataset.from_list(range(3)).flat_map(explode).map_shard(passthrough).window(2),
+        Dataset.from_list(range(3)).reshard(2).take_per_shard(1),
+        Dataset.from_list(range(3)).map(double, backend=SyncBackend()),
+        Dataset.from_list(range(3)),
+    ],
+    ids=["reader-writer", "shard-ops", "reshard", "nested", "identity"],
+)
+def test_dask_key_split_groups_a_stage_under_its_key_name(ds):
+    for stage in ds.compute_plan(SyncBackend()).stages:
+        for key in (
+            f"zephyr-{stage.key_name}-3-a1b2c3d4",
+            f"zephyr-{stage.key_name}-0-a1b2c3d4-retry1",
+            f"zephyr-{stage.key_name}-12-00000000",
+        ):
+            assert key_split(key) == f"zephyr-{stage.key_name}", key
+
+
+def test_reader_shows_under_its_own_name_but_other_flat_maps_do_not():
+    (stage,) = Dataset.from_list(FILES).flat_map(load_jsonl).flat_map(explode).compute_plan().stages
+    assert stage.name == "load_jsonl -> flat_map"
+
+
+# -- describe / plan() -----------------------------------------------------------------------------
+def test_describe_lists_stages_and_op_details():
+    ds = (
+        files_dataset()
+        .map(double)
+        .filter(keep_even)
+        .reshard(2)
+        .window(16)
+        .take_per_shard(3)
+        .write_jsonl("clean/{shard:05d}.jsonl.gz")
+    )
+    plan = ds.compute_plan()
+    text = plan.describe()
+
+    assert isinstance(plan, Plan)
+    assert str(plan) == text
+    lines = text.splitlines()
+    assert lines[0].startswith("Plan: 2 stage(s) from from_list")
+    assert "(4 shards)" in lines[0]
+    assert "stage 0: load_jsonl -> map -> filter  [4 shards, input: source]" in text
+    assert "stage 1: reshard -> window -> take_per_shard -> write_jsonl  [2 shards, " in text
+    assert "input: reshard of 4 shards]" in text
+    for detail in (
+        "flat_map(load_jsonl)",
+        "map(double)",
+        "filter(keep_even)",
+        "window(16)",
+        "take_per_shard(3)",
+        "write_jsonl('clean/{shard:05d}.jsonl.gz')",
+    ):
+        assert detail in text
+    # stage headers come before their op details, in stage order
+    assert text.index("stage 0:") < text.index("map(double)") < text.index("stage 1:")
+    assert text.index("stage 1:") < text.index("window(16)")
+
+
+def test_describe_shows_a_nested_backend():
+    other = ThreadBackend(max_parallelism=3)
+    text = (
+        Dataset.from_list([1, 2]).map(double, backend=other).compute_plan(SyncBackend()).describe()
+    )
+
+    assert "nested[map]" in text
+    assert "ThreadBackend(max_parallelism=3)" in text
+    assert "map(double)" in text
+
+
+def test_dataset_plan_prints_the_description_and_returns_the_plan(capsys):
+    ds = Dataset.from_list([1, 2, 3]).map(double).reshard(1).write_jsonl("out.jsonl")
+    plan = ds.plan()
+
+    out = capsys.readouterr().out
+    assert isinstance(plan, Plan)
+    assert out.strip() == plan.describe().strip()
+    assert "stage 0: map" in out
+    assert "stage 1: reshard -> write_jsonl" in out
+
+
+def test_planning_is_repeatable_and_does_not_change_the_dataset():
+    ds = files_dataset().map(double).reshard(2)
+    before = repr(ds)
+    assert ds.compute_plan().describe() == ds.compute_plan().describe()
+    assert repr(ds) == before
+
+
+# -- output template validation --------------------------------------------------------------------
+def test_several_shards_without_shard_field_is_refused():
+    ds = Dataset.from_list(range(16)).write_jsonl("out/part.jsonl")
+    with pytest.raises(ValueError, match="has no '{shard}'") as info:
+        ds.compute_plan()
+    message = str(info.value)
+    assert "add '{shard:05d}'" in message
+    assert "'out/part.jsonl'" in message
+    assert "16 shards" in message
+
+
+def test_single_shard_may_write_to_a_fixed_path():
+    plan = Dataset.from_list(range(16)).reshard(1).write_jsonl("out/all.jsonl").compute_plan()
+    assert plan.stages[-1].writes
+
+
+def test_several_shards_after_reshard_without_shard_field_is_refused():
+    ds = Dataset.from_list([1]).reshard(4).write_jsonl("out/part.jsonl")
+    with pytest.raises(ValueError, match="has no '{shard}'.*4 shards"):
+        ds.compute_plan()
+
+
+def test_execute_refuses_a_bad_template_before_running_anything(tmp_path):
+    calls = tmp_path / "calls"
+
+    def touch(x):
+        calls.write_text("called")
+        return x
+
+    ds = Dataset.from_list(range(3)).map(touch).write_jsonl(str(tmp_path / "out.jsonl"))
+    with pytest.raises(ValueError, match="has no '{shard}'"):
+        SyncBackend().execute(ds)
+    assert not calls.exists()
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize("pattern", ["out/{name}-{shard}.jsonl", "out/{}.jsonl", "out/{0}.jsonl"])
+def test_unknown_template_field_is_refused(pattern):
+    ds = Dataset.from_list(range(2)).write_jsonl(pattern)
+    with pytest.raises(ValueError, match="not a template field"):
+        ds.compute_plan()
+
+
+def test_unknown_template_field_message_names_the_field_and_the_valid_ones():
+    with pytest.raises(ValueError, match=r"uses \{name\}") as info:
+        Dataset.from_list(range(2)).write_jsonl("out/{name}-{shard}.jsonl").compute_plan()
+    for field in ("{shard}", "{total}", "{basename}"):
+        assert field in str(info.value)
+
+
+def test_basename_after_reshard_is_refused():
+    ds = files_dataset().reshard(2).write_jsonl("out/{basename}.jsonl.gz")
+    with pytest.raises(ValueError, match=r"uses \{basename\}.*reshard"):
+        ds.compute_plan()
+
+
+def test_basename_from_input_files_is_accepted():
+    plan = files_dataset().write_jsonl("out/{basename}.jsonl.gz").compute_plan()
+    assert plan.stages[0].writes
+
+
+def test_basename_of_inputs_that_are_not_paths_is_refused():
+    with pytest.raises(ValueError, match=r"\{basename\}.*not file paths"):
+        Dataset.from_list([1, 2]).write_jsonl("out/{basename}.jsonl").compute_plan()
+
+
+def test_basename_shared_by_several_inputs_needs_the_shard_field():
+    files = ("/a/part-0.jsonl", "/b/part-0.jsonl.gz")
+    with pytest.raises(ValueError, match="share a basename"):
+        files_dataset(files).write_jsonl("out/{basename}.jsonl").compute_plan()
+    files_dataset(files).write_jsonl("out/{basename}-{shard}.jsonl").compute_plan()
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    ["out/{shard}.jsonl", "out/{shard:05d}-of-{total:05d}.jsonl", "out/{{literal}}-{shard}.jsonl"],
+)
+def test_valid_templates_are_accepted(pattern):
+    Dataset.from_list(range(3)).write_jsonl(pattern).compute_plan()
+
+
+def test_callable_pattern_is_not_validated_as_a_template():
+    def name(shard, total):
+        return f"out/{shard}-of-{total}.jsonl"
+
+    (stage,) = Dataset.from_list(range(3)).write_jsonl(name).compute_plan().stages
+    assert "write_jsonl('test_callable_pattern_is_not_validated_as_a_template.name')" in (
+        stage.ops[0].detail
+    )
+
+
+def test_compute_plan_function_matches_the_dataset_method():
+    ds = Dataset.from_list(range(3)).map(double).reshard(2)
+    direct = compute_plan(ds._source, ds._ops, None)
+    assert direct.describe() == ds.compute_plan().describe()
+
+
+# -- import boundary -------------------------------------------------------------------------------
+def test_importing_zephyr_does_not_import_dask():
+    code = (
+        "import sys\n"
+        "import zephyr.plan, zephyr.dataset, zephyr\n"
+        "from zephyr import Dataset, SyncBackend\n"
+        "Dataset.from_list([1, 2]).map(str).compute_plan(SyncBackend()).describe()\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed'))\n"
+        "print(','.join(heavy))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "", f"dask modules imported: {result.stdout.strip()}"
