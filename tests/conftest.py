@@ -27,8 +27,7 @@ def dask_backend():
 
 @pytest.fixture(params=["sync", "threads", "dask"])
 def backend(request):
-    """Each end-to-end behaviour runs on the reference runner, threads and Dask, expecting the
-    same."""
+    """End-to-end behaviours run on the reference runner, threads and Dask, expecting the same."""
     if request.param == "sync":
         yield SyncBackend()
     elif request.param == "threads":

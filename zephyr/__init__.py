@@ -8,8 +8,7 @@ pipeline = (
     .flat_map(load_jsonl)
     .filter(lambda doc: len(doc["text"]) > 100)
     .write_jsonl("clean/{shard:05d}.jsonl.gz")
-)
-written = list(flow_backend().execute(pipeline))
+) written = list(flow_backend().execute(pipeline))
 """
 
 import logging as _logging

@@ -49,10 +49,9 @@ class Dataset:
     """A lazy pipeline over shards of records.
 
     Each source item (a list element or a file) is one shard. Record ops (`map`, `flat_map`,
-    `filter`) and
-    shard ops (`map_shard`, `window`, `take_per_shard`, writers) fuse into one task per shard;
-    `reshard`
-    starts a new stage. Methods return new Datasets; nothing runs until `execute`.
+    `filter`) and shard ops (`map_shard`, `window`, `take_per_shard`, writers) fuse into one task
+    per shard; `reshard` starts a new stage. Methods return new Datasets; nothing runs until
+    `execute`.
 
     >>> from zephyr import Dataset, SyncBackend
     >>> list(Dataset.from_list([1, 2, 3]).map(lambda x: x * 10).execute(SyncBackend()))
@@ -66,7 +65,6 @@ class Dataset:
         self._ops = ops
 
     # -- constructors
-    # -------------------------------------------------------------------------------
     @classmethod
     def from_list(cls, items: Iterable, backend: Any = None) -> Dataset:
         """One shard per item; `backend` is what `dataset.execute()` uses when given none."""
@@ -92,8 +90,7 @@ class Dataset:
         sorted.
 
         Two-argument form: `from_files(directory, "*.jsonl.gz")`. No match raises FileNotFoundError
-        naming
-        the pattern, unless `empty_glob_ok=True` (then the dataset has no shards).
+        naming the pattern, unless `empty_glob_ok=True` (then the dataset has no shards).
         """
         full = str(pattern)
         if glob is not None:
@@ -106,14 +103,14 @@ class Dataset:
             )
         return cls(SourceOp(tuple(files), "files", repr(full), backend))
 
-    # -- ops ---------------------------------------------------------------------------------------
+    # -- ops
     def _with(self, op: Any) -> Dataset:
         return Dataset(self._source, self._ops + (op,))
 
     def map(self, fn: Callable[[Any], Any], backend: Any = None) -> Dataset:
         """Apply `fn` to every record. With `backend`, this op runs there, one task per record,
-        nested
-        inside each shard of the executing backend (bounded by that backend's max_parallelism)."""
+        nested inside each shard of the executing backend (bounded by that backend's
+        max_parallelism)."""
         _check_callable(fn, "map")
         return self._with(MapOp(fn, backend))
 
@@ -165,14 +162,12 @@ class Dataset:
         """Write each shard to one JSON Lines file; the pipeline then yields the written paths.
 
         `pattern` may use `{shard}` (e.g. `{shard:05d}`), `{total}` and `{basename}` (the input
-        file's name
-        without extensions), or be a callable `(shard_idx, total) -> path`. `.gz` and `.zst`
-        compress.
+        file's name without extensions), or be a callable `(shard_idx, total) -> path`. `.gz` and
+        `.zst` compress.
         """
         return self._with(WriteOp("jsonl", pattern))
 
     # -- planning and execution
-    # ---------------------------------------------------------------------
     @property
     def num_input_shards(self) -> int:
         return len(self._source.items)
@@ -189,8 +184,7 @@ class Dataset:
 
     def execute(self, backend: Any = None) -> Iterator:
         """Run on `backend` (default: the source's backend, else `flow_backend()`); stream the
-        results in
-        shard order. Same as `backend.execute(dataset)`."""
+        results in shard order. Same as `backend.execute(dataset)`."""
         if backend is None:
             backend = self._source.backend
         if backend is None:

@@ -1,8 +1,8 @@
 """Zephyr's exception types and the wrapping of user-code failures.
 
 Pure Python: no Dask import. A failure inside user code is wrapped once, where it happens, with the
-stage,
-shard and input; the wrapper crosses process boundaries by pickle and is re-raised on the driver.
+stage, shard and input; the wrapper crosses process boundaries by pickle and is re-raised on the
+driver.
 """
 
 from __future__ import annotations
@@ -39,8 +39,7 @@ class UserCodeFailure:
     """A picklable record of an exception raised by user code inside a shard task.
 
     Tasks return this instead of raising so that the scheduler does not retry it: user errors fail
-    fast,
-    only infrastructure failures (a lost worker) are retried.
+    fast, only infrastructure failures (a lost worker) are retried.
     """
 
     message: str

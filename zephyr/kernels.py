@@ -1,10 +1,9 @@
 """Per-shard execution: a stage's ops run as chained generators over one shard's records.
 
-Runs inside whatever process a backend chose (driver, thread, Dask worker); imports no Dask.
-Records stream:
-a shard is materialised only when an op needs all of it (a reshard boundary keeps its stage's
-output).
-User-code failures are described here, once, with the stage, shard, input and record.
+Runs inside whatever process a backend chose (driver, thread, Dask worker); imports no Dask. Records
+stream: a shard is materialised only when an op needs all of it (a reshard boundary keeps its
+stage's output). User-code failures are described here, once, with the stage, shard, input and
+record.
 """
 
 from __future__ import annotations
@@ -26,8 +25,8 @@ class ShardInfo:
     """What `map_shard` functions receive besides the records.
 
     `shard_idx` counts from 0 within the stage, `total_shards` is the stage's shard count, and
-    `input` is the
-    shard's source item (a file path or list element), or None when the shard came from a reshard.
+    `input` is the shard's source item (a file path or list element), or None when the shard came
+    from a reshard.
     """
 
     shard_idx: int
@@ -109,8 +108,7 @@ def _counted(it: Iterable, counter: list) -> Iterator:
 
 
 def run_ops(ops: tuple, records: Iterable, info: ShardInfo, counter: list) -> Iterator:
-    """Chain `ops` over `records` lazily; `counter[0]` counts the records written, or else
-    produced."""
+    """Chain `ops` over `records` lazily; `counter[0]` counts records written (else produced)."""
     it: Iterator = iter(records)
     wrote = False
     for op in ops:
@@ -167,8 +165,7 @@ def run_task(
     """Run `stage` over each (shard_idx, input spec) in `shards`, in order, in this process.
 
     Returns the outputs (one list per shard, or one flat list when `flat`) or, if user code raised,
-    a
-    UserCodeFailure describing it; the caller raises it as a ZephyrError on the driver.
+    a UserCodeFailure describing it; the caller raises it as a ZephyrError on the driver.
     """
     outputs: list = []
     counter = [0]

@@ -132,8 +132,7 @@ class TakePerShardOp:
 
 @dataclass(frozen=True)
 class ReshardOp:
-    """Redistribute all records, in order, into `num_shards` contiguous shards of near-equal
-    size."""
+    """Redistribute all records, in order, into `num_shards` contiguous near-equal shards."""
 
     num_shards: int
     backend: Any = None
@@ -149,8 +148,7 @@ class ReshardOp:
 
 @dataclass(frozen=True)
 class WriteOp:
-    """Write each shard's records to one file named by `pattern`; the shard then yields that
-    path."""
+    """Write each shard's records to one file named by `pattern`; the shard yields that path."""
 
     format: str  # "jsonl"
     pattern: str | Callable[[int, int], str]

@@ -2,9 +2,8 @@
 
 Pure: no Dask, no I/O, no clock, so plans are tested in milliseconds and printed by `--dry-run`.
 Consecutive record/shard ops fuse into one task per shard; a stage ends at `reshard`. Ops whose
-explicit
-backend differs from the executing one form a `Nested` stage that runs inside each shard of its
-parent.
+explicit backend differs from the executing one form a `Nested` stage that runs inside each shard of
+its parent.
 """
 
 from __future__ import annotations
@@ -39,8 +38,7 @@ class Stage:
     """One physical stage: every shard runs `ops` fused in one task.
 
     `reshard_from` is None for the first stage (its shards are the source items) and the number of
-    upstream
-    shards otherwise; `inputs` are the source items of the first stage.
+    upstream shards otherwise; `inputs` are the source items of the first stage.
     """
 
     index: int
@@ -61,8 +59,7 @@ class Stage:
 
     @property
     def key_name(self) -> str:
-        """The stage name as Dask key words: letters only, so the dashboard groups a stage's
-        tasks."""
+        """The stage name as Dask key words (letters only) so the dashboard groups its tasks."""
         labels = (["reshard"] if self.reshard_from is not None else []) + [
             op.label for op in self.ops
         ]

@@ -1,8 +1,8 @@
 """Per-stage progress: a live bar on a terminal (shards done/total, records/s) and a summary log
 line.
 
-No Dask import; the driver loop in `zephyr.backends.base` calls it. Writes to stderr only when it
-is a TTY.
+No Dask import; the driver loop in `zephyr.backends.base` calls it. Writes to stderr only when it is
+a TTY.
 """
 
 from __future__ import annotations

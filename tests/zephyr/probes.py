@@ -1,5 +1,4 @@
-"""Cross-process test helpers: a concurrency counter shared by Dask worker processes through a
-file."""
+"""Cross-process test helpers: a concurrency counter shared by worker processes through a file."""
 
 from __future__ import annotations
 

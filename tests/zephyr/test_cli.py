@@ -1,6 +1,5 @@
 """The `zephyr` command, run as a real subprocess: flags reach flow_backend(), --dry-run prints
-plans,
-bad values fail with one line and exit code 2, and an unreachable cluster fails fast."""
+plans, bad values fail with one line and exit code 2, and an unreachable cluster fails fast."""
 
 from __future__ import annotations
 

@@ -1,10 +1,8 @@
 """The backend contract and the driver loop shared by every backend.
 
 No Dask import here. A backend only says how to submit one task and how to wait; this module owns
-the
-semantics: stage order, the submission window, in-order streaming of results, fail-fast on user
-errors, and
-retries of tasks lost with a worker.
+the semantics: stage order, the submission window, in-order streaming of results, fail-fast on user
+errors, and retries of tasks lost with a worker.
 """
 
 from __future__ import annotations
@@ -40,8 +38,7 @@ class BackendConfig:
 
 
 class TaskLost(Exception):
-    """Internal: a task's worker died (or the task was otherwise lost); the driver may resubmit
-    it."""
+    """Internal: a task was lost (its worker died); the driver may resubmit it."""
 
 
 _UNSET = object()
@@ -81,8 +78,7 @@ class Backend(abc.ABC):
     """Executes Datasets. Subclasses implement `_submit`, `_wait_any`, `_outcome` and `_cancel`.
 
     `execute(dataset)` returns an iterator over the results in shard order, streamed as shards
-    finish; a
-    pipeline that ends in a writer yields the written paths.
+    finish; a pipeline that ends in a writer yields the written paths.
     """
 
     kind = "base"
@@ -94,19 +90,17 @@ class Backend(abc.ABC):
         self.progress: Any = StageProgress()
 
     # -- public API
-    # ---------------------------------------------------------------------------------
     def execute(self, dataset: Any) -> Iterator:
         """Run `dataset` here; returns an iterator of results in shard order (nothing runs until the
-        first `next`). Raises ZephyrError when user code fails, naming the stage, shard and
-        input."""
+        first `next`). Raises ZephyrError when user code fails, naming the stage, shard and input.
+        """
         plan = dataset.compute_plan(self)
         run = self._start_run(plan)
         return self._run_plan(plan, run)
 
     def run_nested(self, ops: tuple, records: Iterable, name: str) -> Iterator:
         """Run `ops` with each record of `records` as its own shard (a nested stage); stream the
-        outputs
-        in order. Called from inside a parent shard task."""
+        outputs in order. Called from inside a parent shard task."""
         stage = Stage(index=0, ops=ops, num_shards=-1, inputs=None, label=name)
         tasks = ([(i, ("item", rec))] for i, rec in enumerate(records))
         with self._nested_run(stage) as run:
@@ -129,11 +123,9 @@ class Backend(abc.ABC):
         return f"{type(self).__name__}({', '.join(parts)})"
 
     # -- hooks for subclasses
-    # -----------------------------------------------------------------------
     def _start_run(self, plan: Plan) -> Any:
         """Check the plan can run here (resources, pickling) before any task is submitted; return
-        the
-        per-execution state that `_submit` receives."""
+        the per-execution state that `_submit` receives."""
         return None
 
     @contextlib.contextmanager
@@ -146,8 +138,7 @@ class Backend(abc.ABC):
         return 1
 
     def _pack_size(self, run: Any, num_shards: int) -> int:
-        """How many shards one task runs (packing amortises per-task overhead for many tiny
-        shards)."""
+        """How many shards one task runs (packing amortises task overhead over many tiny shards)."""
         return 1
 
     @abc.abstractmethod
@@ -180,7 +171,6 @@ class Backend(abc.ABC):
         return [(len(r.outputs), r.records) for r in refs]
 
     # -- the driver loop
-    # ----------------------------------------------------------------------------
     def _run_plan(self, plan: Plan, run: Any) -> Iterator:
         progress = self.progress
         refs: list = []

@@ -25,8 +25,7 @@ def parse_memory(value: str | int | float | None) -> int | None:
     """Bytes from "8GB", "512MiB", "16g", "2.5G" or a number of bytes; None stays None.
 
     Decimal units for "GB"/"g" (1e9), binary for "GiB". A bare number below 1 MiB is refused as a
-    likely
-    missing unit ("8" -> did you mean "8GB"?).
+    likely missing unit ("8" -> did you mean "8GB"?).
     """
     if value is None:
         return None
@@ -112,7 +111,6 @@ def create_backend(kind: str = "dask", **config: Any) -> Backend:
 
 
 # -- flow_backend: the backend configured by the `zephyr` CLI, or the embedded default
-# ------------------
 _CLI: dict[str, Any] | None = None
 _DEFAULT: Backend | None = None
 _LOCK = threading.Lock()
@@ -144,12 +142,9 @@ def flow_backend(**overrides: Any) -> Backend:
     """The backend configured on the `zephyr` command line; overrides replace single settings.
 
     Inside `zephyr --backend=dask --max-parallelism=50 --memory=2GB script.py`, `flow_backend()` is
-    that
-    backend (the same object on every call) and `flow_backend(max_parallelism=16)` is a new backend
-    on the
-    same cluster with 16 as its limit and 2GB inherited. Outside the CLI it is the embedded
-    default: a
-    DaskBackend on a local cluster started on first use.
+    that backend (the same object on every call) and `flow_backend(max_parallelism=16)` is a new
+    backend on the same cluster with 16 as its limit and 2GB inherited. Outside the CLI it is the
+    embedded default: a DaskBackend on a local cluster started on first use.
     """
     global _DEFAULT
     unknown = sorted(set(overrides) - set(CONFIG_KEYS) - {"backend"})

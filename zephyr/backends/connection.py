@@ -1,8 +1,7 @@
 """Connections to Dask clusters: the embedded LocalCluster (one per process) or a scheduler address.
 
 Imports distributed. Every wait here has a deadline: an unreachable scheduler raises ZephyrError
-naming the
-address within `timeout` seconds.
+naming the address within `timeout` seconds.
 """
 
 from __future__ import annotations
@@ -101,10 +100,9 @@ class Connection:
 def _main_hidden() -> Any:
     """Start worker processes without re-running the driver's `__main__` in each of them.
 
-    multiprocessing's spawn re-imports the main script in every child; a script without an
-    `if __name__ == "__main__":` guard (or one read from stdin) would otherwise run again in each
-    worker.
-    Workers do not need it: functions from `__main__` travel by value (cloudpickle).
+    multiprocessing's spawn re-imports the main script in every child; a script without an `if
+    __name__ == "__main__":` guard (or one read from stdin) would otherwise run again in each
+    worker. Workers do not need it: functions from `__main__` travel by value (cloudpickle).
     """
     main = sys.modules.get("__main__")
     saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main and k in main.__dict__}
@@ -166,8 +164,8 @@ atexit.register(shutdown_embedded)
 
 def connect(address: str | Client | None, timeout: float, max_retries: int = 3) -> Connection:
     """A connection for `address`: None -> embedded cluster, a Client -> itself, a string -> a
-    shared
-    client per address. Raises ZephyrError if the scheduler cannot be reached within `timeout` s."""
+    shared client per address. Raises ZephyrError if the scheduler cannot be reached within
+    `timeout` s."""
     if address is None:
         return embedded(max_retries)
     if isinstance(address, Client):

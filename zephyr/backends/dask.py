@@ -1,11 +1,9 @@
 """DaskBackend: each stage becomes Dask tasks submitted straight to the scheduler.
 
 The only zephyr module (with `zephyr.backends.connection`) that imports dask/distributed. Tasks are
-submitted
-with `client.submit` so `resources` reach the scheduler (dask.bag's graph optimisation drops
-annotations,
-dask/dask#7036). Keys read `zephyr-<stage>-<first shard>-<run token>` so the dashboard groups a
-stage.
+submitted with `client.submit` so `resources` reach the scheduler (dask.bag's graph optimisation
+drops annotations, dask/dask#7036). Keys read `zephyr-<stage>-<first shard>-<run token>` so the
+dashboard groups a stage.
 """
 
 from __future__ import annotations
@@ -42,8 +40,7 @@ INLINE_PAYLOAD_BYTES = 64 * 1024
 
 
 class UserTaskError(Exception):
-    """Raised by a Dask task when user code failed (never retried by Dask); carries the
-    description."""
+    """Raised by a task when user code failed (Dask never retries it); carries the description."""
 
     def __init__(self, failure: UserCodeFailure):
         super().__init__(failure.message)
@@ -54,7 +51,6 @@ class UserTaskError(Exception):
 
 
 # -- worker side
-# ------------------------------------------------------------------------------------
 _STAGE_CACHE: OrderedDict[str, Stage] = OrderedDict()
 _SEMAPHORES: dict[str, distributed.Semaphore] = {}
 _CACHE_LOCK = threading.Lock()
@@ -116,7 +112,6 @@ def _result_lengths(result: TaskResult) -> tuple[int, int]:
 
 
 # -- driver side
-# ------------------------------------------------------------------------------------
 @dataclass
 class _Run:
     """Per-execution state: the client to submit through and each stage's scattered payload."""
@@ -133,12 +128,10 @@ class DaskBackend(Backend):
 
     `address=None` starts (once per process, on first use) an embedded `distributed.LocalCluster` on
     127.0.0.1 with one single-threaded worker process per core, the dashboard on, and worker
-    resources
-    `CPU`, `MEMORY` and `GPU` advertised. A `tcp://host:8786` address or an existing `Client` uses
-    that
-    cluster. `memory`, `num_cpus` and `num_gpus` become the `MEMORY`, `CPU` and `GPU` resources of
-    every
-    task; `max_parallelism` caps how many shards of this backend run at once across the cluster.
+    resources `CPU`, `MEMORY` and `GPU` advertised. A `tcp://host:8786` address or an existing
+    `Client` uses that cluster. `memory`, `num_cpus` and `num_gpus` become the `MEMORY`, `CPU` and
+    `GPU` resources of every task; `max_parallelism` caps how many shards of this backend run at
+    once across the cluster.
     """
 
     kind = "dask"
@@ -159,7 +152,6 @@ class DaskBackend(Backend):
         self._warned: set[str] = set()
 
     # -- connection
-    # ---------------------------------------------------------------------------------
     @property
     def connection(self) -> Connection:
         if self._conn is None:
@@ -198,7 +190,6 @@ class DaskBackend(Backend):
         return f"DaskBackend({', '.join(parts)})"
 
     # -- checks before submitting
-    # -------------------------------------------------------------------
     def _requested_resources(self) -> dict:
         cfg = self.config
         wanted = {"MEMORY": cfg.memory, "CPU": cfg.num_cpus, "GPU": cfg.num_gpus}
@@ -291,7 +282,6 @@ class DaskBackend(Backend):
             yield self._new_run(Connection(client, None, owns=False), {id(stage): payload})
 
     # -- the Backend hooks
-    # --------------------------------------------------------------------------
     def _slots(self, run: _Run) -> int:
         """How many tasks of this backend can run at once: worker threads, capped by
         max_parallelism."""

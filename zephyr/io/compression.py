@@ -2,8 +2,8 @@
 
 Outputs are committed atomically: on a local disk (and memory://) the bytes go to a hidden temporary
 file in the same folder and are moved into place on success; object stores (gs://, s3://) publish an
-object only when its upload completes on close, and a failed write discards the upload.
-Default levels favour throughput: gzip 1, zstd 3.
+object only when its upload completes on close, and a failed write discards the upload. Default
+levels favour throughput: gzip 1, zstd 3.
 """
 
 from __future__ import annotations
