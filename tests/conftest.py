@@ -38,11 +38,30 @@ def backend(request):
         yield request.getfixturevalue("dask_backend")
 
 
+def _open_clients() -> set[int]:
+    import sys
+
+    if "distributed" not in sys.modules:
+        return set()
+    from distributed.client import _global_clients
+
+    from zephyr.backends import connection
+
+    # The embedded cluster's client lives for the whole process by design.
+    shared = connection._EMBEDDED.client if connection._EMBEDDED is not None else None
+    return {
+        id(c) for c in list(_global_clients.values()) if c.status == "running" and c is not shared
+    }
+
+
 @pytest.fixture(autouse=True)
-def no_leaked_zephyr_threads():
-    """A test must close the thread pools it starts (ThreadBackend.close / context manager)."""
+def no_leaked_threads_or_clients():
+    """A test must close the thread pools and Dask clients it starts (shared fixtures excepted)."""
     before = {t.ident for t in threading.enumerate()}
+    clients_before = _open_clients()
     yield
+    leaked_clients = _open_clients() - clients_before
+    assert not leaked_clients, f"{len(leaked_clients)} Dask client(s) left open by the test"
     deadline = time.monotonic() + 5
     while True:
         leaked = [

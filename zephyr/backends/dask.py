@@ -96,9 +96,21 @@ def _slot(sem_name: str | None, leases: int) -> Iterator[None]:
         sem.release()
 
 
+class _Opaque:
+    """Hides a list of source items from Dask, which would otherwise walk every element looking for
+    futures (items hold none; reshard specs do and are passed as they are)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any):
+        self.value = value
+
+
 def _dask_task(
-    payload: bytes, token: str, shards: list, flat: bool, total: int, sem: str | None, leases: int
+    payload: bytes, token: str, shards: Any, flat: bool, total: int, sem: str | None, leases: int
 ) -> TaskResult:
+    if isinstance(shards, _Opaque):
+        shards = shards.value
     stage = _load_stage(token, payload)
     with _slot(sem, leases):
         result = run_task(stage, shards, flat, total)
@@ -314,6 +326,8 @@ class DaskBackend(Backend):
         key = f"zephyr-{stage.key_name}-{shards[0][0]}-{run.token}"
         if attempt:
             key += f"-retry{attempt}"
+        if all(spec[0] == "item" for _, spec in shards):
+            shards = _Opaque(shards)
         return run.client.submit(
             _dask_task, payload, f"{run.token}-{stage.index}", shards, flat, total,
             self.semaphore_name, self.config.max_parallelism or 0,
