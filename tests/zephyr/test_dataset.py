@@ -6,6 +6,7 @@ User functions live at module level (or are closures over plain data) so Dask wo
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import time
 import traceback
@@ -14,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import fsspec
-import orjson
 import pytest
 
 from zephyr import Dataset, ShardInfo, SyncBackend, ZephyrError, create_backend, load_jsonl
@@ -85,7 +85,7 @@ def fail_in_shard(records, info):
 
 
 def write_jsonl(path: Path, records) -> None:
-    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    path.write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in records))
 
 
 def run(backend, ds) -> list:

@@ -14,7 +14,6 @@ import uuid
 from pathlib import Path
 
 import fsspec
-import orjson
 import pytest
 import zstandard
 
@@ -48,7 +47,7 @@ def expand(spec):
 
 # -- helpers ---------------------------------------------------------------------------------------
 def dump_lines(records) -> bytes:
-    return b"".join(orjson.dumps(r) + b"\n" for r in records)
+    return b"".join(json.dumps(r).encode() + b"\n" for r in records)
 
 
 def write_input(path: Path, records, compression: str | None = None) -> Path:
