@@ -12,7 +12,7 @@ import importlib.util
 import os
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 from zephyr.backends.base import Backend
@@ -34,34 +34,20 @@ def _memory(value: str) -> str:
     return value
 
 
-def _positive_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value!r}")
-    return n
+def _number(kind: type, minimum: int) -> Callable[[str], Any]:
+    """An argparse type: a value of `kind` (int or float) no smaller than `minimum`."""
+    what = f"{'an integer' if kind is int else 'a number'} >= {minimum}"
 
+    def parse(value: str) -> Any:
+        try:
+            number = kind(value)
+        except ValueError:
+            number = None
+        if number is None or number < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}")
+        return number
 
-def _non_negative_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}")
-    return n
-
-
-def _non_negative_float(value: str) -> float:
-    try:
-        x = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}") from None
-    if x < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}")
-    return x
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--max-parallelism",
-        type=_positive_int,
+        type=_number(int, 1),
         default=None,
         metavar="N",
         help="at most N shards of the pipeline run at once, cluster-wide",
@@ -100,21 +86,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--num-cpus",
-        type=_non_negative_float,
+        type=_number(float, 0),
         default=None,
         metavar="N",
         help="CPUs each task needs (worker resource CPU)",
     )
     p.add_argument(
         "--num-gpus",
-        type=_non_negative_float,
+        type=_number(float, 0),
         default=None,
         metavar="N",
         help="GPUs each task needs (worker resource GPU)",
     )
     p.add_argument(
         "--retries",
-        type=_non_negative_int,
+        type=_number(int, 0),
         default=None,
         metavar="N",
         help="times a task lost with its worker is retried (default 3)",

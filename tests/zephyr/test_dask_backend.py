@@ -4,6 +4,7 @@ fast."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -21,19 +22,16 @@ from zephyr.backends.dask import DaskBackend
 pytestmark = pytest.mark.dask
 
 
-@pytest.fixture(scope="module")
-def resource_cluster():
-    """One worker with two threads advertising MEMORY=1e9: two tasks could run at once unless the
-    MEMORY annotation reaches the scheduler."""
+@contextlib.contextmanager
+def local_cluster(**options):
+    """A real LocalCluster of worker processes on loopback, with a client; closed afterwards."""
     with (
         distributed.LocalCluster(
-            n_workers=1,
-            threads_per_worker=2,
             processes=True,
             host="127.0.0.1",
             dashboard_address=":0",
-            resources={"MEMORY": 1e9, "CPU": 2},
             silence_logs=logging.CRITICAL,
+            **options,
         ) as cluster,
         distributed.Client(cluster, set_as_default=False) as client,
     ):
@@ -41,19 +39,19 @@ def resource_cluster():
 
 
 @pytest.fixture(scope="module")
+def resource_cluster():
+    """One worker with two threads advertising MEMORY=1e9: two tasks could run at once unless the
+    MEMORY annotation reaches the scheduler."""
+    with local_cluster(
+        n_workers=1, threads_per_worker=2, resources={"MEMORY": 1e9, "CPU": 2}
+    ) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
 def bare_cluster():
     """One single-threaded worker that advertises no resources at all."""
-    with (
-        distributed.LocalCluster(
-            n_workers=1,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=":0",
-            silence_logs=logging.CRITICAL,
-        ) as cluster,
-        distributed.Client(cluster, set_as_default=False) as client,
-    ):
+    with local_cluster(n_workers=1, threads_per_worker=1) as client:
         yield client
 
 
@@ -196,17 +194,7 @@ def test_results_stream_before_the_last_shard_starts(dask_backend, tmp_path):
 @pytest.fixture(scope="module")
 def one_thread_cluster():
     """A single worker with a single thread: the hardest case for nested pools."""
-    with (
-        distributed.LocalCluster(
-            n_workers=1,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=":0",
-            silence_logs=logging.CRITICAL,
-        ) as cluster,
-        distributed.Client(cluster, set_as_default=False) as client,
-    ):
+    with local_cluster(n_workers=1, threads_per_worker=1) as client:
         yield client
 
 
