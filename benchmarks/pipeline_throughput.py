@@ -11,12 +11,12 @@ timed three ways in one process on the same 2 cores (cluster and pool warmed up 
 The corpus (default 16 shards x 20,000 docs of 50-400 words, ~450 MB raw, seeded) is generated
 once and cached under --data (default <repo>/bench-data/, git-ignored). All variants must write the
 same number of records. Target: zephyr <= 1.10x multiprocessing, and faster than dask.bag.
---memory-check (opt-in: ~1 min to generate the shard once, ~25 s to run) streams one ~1 GB (raw)
-shard (--memory-docs) through zephyr while a driver thread samples the workers' RSS with psutil
-every 50 ms. Target: worker peak RSS < 300 MiB.
+The memory check (on by default; ~1 min to generate the shard once, ~25 s to run; skip it with
+--no-memory-check) streams one ~1 GB (raw) shard (--memory-docs) through zephyr while a driver
+thread samples the workers' RSS with psutil every 50 ms. Target: worker peak RSS < 300 MiB.
 
-Run:  python benchmarks/pipeline_throughput.py [--repeat 2] [--bag-plain] [--memory-check]
-      python benchmarks/pipeline_throughput.py --shards 4 --docs 2000    # quick
+Run:  python benchmarks/pipeline_throughput.py [--repeat 2] [--bag-plain] [--no-memory-check]
+      python benchmarks/pipeline_throughput.py --shards 4 --docs 2000 --no-memory-check  # quick
 """
 
 from __future__ import annotations
@@ -198,7 +198,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=1, help="runs per variant; best is kept")
     parser.add_argument("--bag-plain", action="store_true", help="also time plain .jsonl output")
-    parser.add_argument("--memory-check", action="store_true", help="stream a ~1 GB shard")
+    parser.add_argument(
+        "--memory-check",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="stream a ~1 GB shard and report the workers' peak RSS (default: on)",
+    )
     parser.add_argument("--memory-docs", type=int, default=720_000)
     args = parser.parse_args()
 
