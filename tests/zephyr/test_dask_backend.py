@@ -111,7 +111,10 @@ def test_without_resources_the_same_worker_runs_tasks_concurrently(resource_clus
 
 def test_unsatisfiable_memory_fails_at_submit_time(dask_backend):
     backend = DaskBackend(memory="64TB")
-    with pytest.raises(ZephyrError, match=r"MEMORY=.*cannot be satisfied.*lower --memory"):
+    with pytest.raises(
+        ZephyrError,
+        match=r"MEMORY=64TB cannot be satisfied .*largest offer MEMORY=[0-9.]+GB.*lower --memory",
+    ):
         backend.execute(Dataset.from_list([1]).map(str))
 
 

@@ -373,8 +373,10 @@ class DaskBackend(Backend):
 
 
 def _fmt_resource(name: str, value: float) -> str:
+    """MEMORY in decimal units, as users write it (--memory 8GB is 8e9 bytes)."""
     if name == "MEMORY":
-        from dask.utils import format_bytes
-
-        return format_bytes(value)
+        for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+            if value >= size:
+                return f"{value / size:.3g}{unit}"
+        return f"{value:.0f}B"
     return f"{value:g}"
