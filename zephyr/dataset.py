@@ -33,18 +33,6 @@ def _check_positive(n: object, method: str, minimum: int = 1) -> None:
         raise ValueError(f"Dataset.{method} takes an integer >= {minimum}, got {n!r}")
 
 
-def glob_files(pattern: str) -> list[str]:
-    """Sorted file paths matching an fsspec glob, with the protocol kept for remote filesystems."""
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(pattern)
-    found = fs.glob(path, detail=True)
-    files = [p for p, info in found.items() if info.get("type", "file") != "directory"]
-    if "file" not in fs.protocol and "local" not in fs.protocol:
-        files = [fs.unstrip_protocol(p) for p in files]
-    return sorted(files)
-
-
 class Dataset:
     """A lazy pipeline over shards of records.
 
@@ -95,6 +83,8 @@ class Dataset:
         full = str(pattern)
         if glob is not None:
             full = posixpath.join(full.rstrip("/"), glob)
+        from zephyr.io.fs import glob_files
+
         files = glob_files(full)
         if not files and not empty_glob_ok:
             raise FileNotFoundError(

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from zephyr.errors import UserCodeFailure, ZephyrError, _WrappedUserError, short_repr
+from zephyr.io.paths import render_path
+from zephyr.io.writers import write_records
 from zephyr.ops import FilterOp, FlatMapOp, MapOp, MapShardOp, TakePerShardOp, WindowOp, WriteOp
 from zephyr.plan import Nested, Stage
 
@@ -87,15 +89,12 @@ def _map_shard(it: Iterator, state: dict, fn: Callable, info: ShardInfo) -> Iter
     yield from fn(it, info)
 
 
-def _window(it: Iterator, state: dict, size: int) -> Iterator:
+def _window(it: Iterator, size: int) -> Iterator:
     while batch := list(itertools.islice(it, size)):
         yield batch
 
 
 def _write(it: Iterator, state: dict, op: WriteOp, info: ShardInfo, counter: list) -> Iterator:
-    from zephyr.io.paths import render_path
-    from zephyr.io.writers import write_records
-
     path = render_path(op.pattern, info.shard_idx, info.total_shards, info.input)
     counter[0] += write_records(op.format, it, path, op.options)
     yield path
@@ -121,7 +120,7 @@ def run_ops(ops: tuple, records: Iterable, info: ShardInfo, counter: list) -> It
         elif isinstance(op, MapShardOp):
             it = _guarded(_map_shard, op, info)(it, op.fn, info)
         elif isinstance(op, WindowOp):
-            it = _window(it, {}, op.size)
+            it = _window(it, op.size)
         elif isinstance(op, TakePerShardOp):
             it = itertools.islice(it, op.n)
         elif isinstance(op, WriteOp):
@@ -160,7 +159,7 @@ def shard_records(spec: Any) -> Iterable:
 
 
 def run_task(
-    stage: Stage, shards: list[tuple[int, Any]], flat: bool, total: int | None = None
+    stage: Stage, shards: list[tuple[int, Any]], flat: bool
 ) -> TaskResult | UserCodeFailure:
     """Run `stage` over each (shard_idx, input spec) in `shards`, in order, in this process.
 
@@ -169,10 +168,9 @@ def run_task(
     """
     outputs: list = []
     counter = [0]
-    total = stage.num_shards if total is None else total
     for shard_idx, spec in shards:
         source = spec[1] if spec[0] == "item" else None
-        info = ShardInfo(shard_idx, total, source, stage.name)
+        info = ShardInfo(shard_idx, stage.num_shards, source, stage.name)
         try:
             produced = run_ops(stage.ops, shard_records(spec), info, counter)
             if flat:

@@ -13,7 +13,7 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from zephyr.errors import UserCodeFailure, ZephyrError
@@ -32,9 +32,6 @@ class BackendConfig:
     num_cpus: float | None = None
     num_gpus: float | None = None
     max_retries: int = 3
-
-    def with_overrides(self, **overrides: Any) -> BackendConfig:
-        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
 class TaskLost(Exception):
@@ -81,8 +78,6 @@ class Backend(abc.ABC):
     finish; a pipeline that ends in a writer yields the written paths.
     """
 
-    kind = "base"
-
     def __init__(self, config: BackendConfig | None = None):
         self.config = config or BackendConfig()
         # Per-stage progress on the driver (a bar on a terminal, a log line per stage); None for
@@ -104,7 +99,7 @@ class Backend(abc.ABC):
         stage = Stage(index=0, ops=ops, num_shards=-1, inputs=None, label=name)
         tasks = ([(i, ("item", rec))] for i, rec in enumerate(records))
         with self._nested_run(stage) as run:
-            for result in self._drive(run, stage, tasks, keep=False, total=-1, progress=None):
+            for result in self._drive(run, stage, tasks, keep=False, progress=None):
                 for shard_out in result.outputs:
                     yield from shard_out
 
@@ -142,9 +137,7 @@ class Backend(abc.ABC):
         return 1
 
     @abc.abstractmethod
-    def _submit(
-        self, run: Any, stage: Stage, shards: list, flat: bool, total: int, attempt: int
-    ) -> Any:
+    def _submit(self, run: Any, stage: Stage, shards: list, flat: bool, attempt: int) -> Any:
         """Start one task running `stage` over `shards`; return a handle."""
 
     @abc.abstractmethod
@@ -174,12 +167,12 @@ class Backend(abc.ABC):
     def _run_plan(self, plan: Plan, run: Any) -> Iterator:
         progress = self.progress
         refs: list = []
+        lengths: list[tuple[int, int]] = []  # (records, records counted) of each kept result
         for stage in plan.stages:
             final = stage.index == len(plan.stages) - 1
             if stage.reshard_from is None:
                 specs = [(i, ("item", item)) for i, item in enumerate(stage.inputs)]
             else:
-                lengths = self._lengths(run, refs)
                 slices = reshard_slices([n for n, _ in lengths], stage.num_shards)
                 specs = [
                     (j, ("slices", [(refs[u], a, b) for u, a, b in sl]))
@@ -191,23 +184,20 @@ class Backend(abc.ABC):
                 progress.start(stage, len(specs))
             try:
                 if final:
-                    for result in self._drive(
-                        run, stage, tasks, keep=False, total=stage.num_shards, progress=progress
-                    ):
+                    for result in self._drive(run, stage, tasks, keep=False, progress=progress):
                         for shard_out in result.outputs:
                             yield from shard_out
                 else:
-                    refs = list(
-                        self._drive(run, stage, tasks, True, stage.num_shards, progress=progress)
-                    )
+                    refs = list(self._drive(run, stage, tasks, keep=True, progress=progress))
+                    lengths = self._lengths(run, refs)
                     if progress is not None:
-                        progress.add_records(sum(r for _, r in self._lengths(run, refs)))
+                        progress.add_records(sum(counted for _, counted in lengths))
             finally:
                 if progress is not None:
                     progress.finish()
 
     def _drive(
-        self, run: Any, stage: Stage, tasks: Iterator[list], keep: bool, total: int, progress: Any
+        self, run: Any, stage: Stage, tasks: Iterator[list], keep: bool, progress: Any
     ) -> Iterator:
         """Submit `tasks` (lists of shard specs) through a bounded window; yield their values in
         order.
@@ -225,7 +215,7 @@ class Backend(abc.ABC):
                     if shards is None:
                         exhausted = True
                         break
-                    handle = self._submit(run, stage, shards, keep, total, 0)
+                    handle = self._submit(run, stage, shards, keep, 0)
                     pending.append(_Pending(shards, handle, 0))
                 if not pending:
                     return
@@ -234,7 +224,7 @@ class Backend(abc.ABC):
                 # Fail fast: look at every finished task, not only the head of the queue.
                 for p in list(pending):
                     if p.value is _UNSET and self._done(p.handle):
-                        self._check(run, stage, p, keep, total)
+                        self._check(run, stage, p, keep)
                 while pending and pending[0].value is not _UNSET:
                     p = pending.popleft()
                     if progress is not None:
@@ -244,7 +234,7 @@ class Backend(abc.ABC):
             if pending:
                 self._cancel([p.handle for p in pending])
 
-    def _check(self, run: Any, stage: Stage, p: _Pending, keep: bool, total: int) -> None:
+    def _check(self, run: Any, stage: Stage, p: _Pending, keep: bool) -> None:
         """Raise for a user failure; resubmit a lost task (up to max_retries)."""
         try:
             value = self._outcome(p.handle, keep)
@@ -261,7 +251,7 @@ class Backend(abc.ABC):
                 "stage '%s': task lost (%s); retrying (attempt %d)", stage.name, lost, p.attempt + 2
             )
             p.attempt += 1
-            p.handle = self._submit(run, stage, p.shards, keep, total, p.attempt)
+            p.handle = self._submit(run, stage, p.shards, keep, p.attempt)
             return
         if isinstance(value, UserCodeFailure):
             value.raise_()

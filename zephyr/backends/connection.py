@@ -46,7 +46,6 @@ class Connection:
         self.cluster = cluster
         self.owns = owns
         self._announced = False
-        self._threads: int | None = None
 
     @property
     def dashboard_link(self) -> str | None:
@@ -83,11 +82,6 @@ class Connection:
                 )
             time.sleep(0.1)
 
-    def total_threads(self) -> int:
-        if self._threads is None:
-            self._threads = sum(w.get("nthreads", 1) for w in self.workers())
-        return self._threads
-
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.client.close(timeout=10)
@@ -118,7 +112,7 @@ def _main_hidden() -> Any:
                 main.__dict__.pop("__spec__", None)
 
 
-def embedded(max_retries: int = 3) -> Connection:
+def embedded() -> Connection:
     """The process-wide embedded LocalCluster, started on first use and stopped at exit.
 
     One single-threaded worker process per core on 127.0.0.1, memory split evenly, each advertising
@@ -132,8 +126,8 @@ def embedded(max_retries: int = 3) -> Connection:
 
         n = max(1, os.cpu_count() or 1)
         memory = int(MEMORY_LIMIT // n)
-        # A task lost with its worker surfaces to the driver at once, which resubmits it up to
-        # max_retries times: one retry budget, counted in one place.
+        # A task lost with its worker surfaces to the driver at once, which resubmits it up to the
+        # backend's max_retries times: one retry budget, counted in one place.
         with dask.config.set({"distributed.scheduler.allowed-failures": 0}), _main_hidden():
             cluster = distributed.LocalCluster(
                 n_workers=n,
@@ -162,12 +156,12 @@ def shutdown_embedded() -> None:
 atexit.register(shutdown_embedded)
 
 
-def connect(address: str | Client | None, timeout: float, max_retries: int = 3) -> Connection:
+def connect(address: str | Client | None, timeout: float) -> Connection:
     """A connection for `address`: None -> embedded cluster, a Client -> itself, a string -> a
     shared client per address. Raises ZephyrError if the scheduler cannot be reached within
     `timeout` s."""
     if address is None:
-        return embedded(max_retries)
+        return embedded()
     if isinstance(address, Client):
         return Connection(address, None, owns=False)
     with _LOCK:

@@ -107,13 +107,13 @@ class _Opaque:
 
 
 def _dask_task(
-    payload: bytes, token: str, shards: Any, flat: bool, total: int, sem: str | None, leases: int
+    payload: bytes, token: str, shards: Any, flat: bool, sem: str | None, leases: int
 ) -> TaskResult:
     if isinstance(shards, _Opaque):
         shards = shards.value
     stage = _load_stage(token, payload)
     with _slot(sem, leases):
-        result = run_task(stage, shards, flat, total)
+        result = run_task(stage, shards, flat)
     if isinstance(result, UserCodeFailure):
         raise UserTaskError(result)
     return result
@@ -146,8 +146,6 @@ class DaskBackend(Backend):
     once across the cluster.
     """
 
-    kind = "dask"
-
     def __init__(
         self,
         address: str | Client | None = None,
@@ -167,7 +165,7 @@ class DaskBackend(Backend):
     @property
     def connection(self) -> Connection:
         if self._conn is None:
-            self._conn = connect(self.address, self.connect_timeout, self.config.max_retries)
+            self._conn = connect(self.address, self.connect_timeout)
         return self._conn
 
     @property
@@ -207,12 +205,11 @@ class DaskBackend(Backend):
         wanted = {"MEMORY": cfg.memory, "CPU": cfg.num_cpus, "GPU": cfg.num_gpus}
         return {k: v for k, v in wanted.items() if v}
 
-    def _check_resources(self, conn: Connection) -> dict | None:
+    def _check_resources(self, workers: list[dict]) -> dict | None:
         """The resources to annotate tasks with, after checking some worker can ever run them."""
         wanted = self._requested_resources()
         if not wanted:
             return None
-        workers = conn.workers()
         advertised = set().union(*(w.get("resources", {}) for w in workers))
         missing = sorted(set(wanted) - advertised)
         if missing:
@@ -269,11 +266,13 @@ class DaskBackend(Backend):
         return self._new_run(conn, payloads)
 
     def _new_run(self, conn: Connection, payloads: dict) -> _Run:
-        resources = self._check_resources(conn)
+        workers = conn.workers()
+        resources = self._check_resources(workers)
         if self.config.max_parallelism:  # register the backend's cluster-wide semaphore once
             with conn.client.as_current():
                 _semaphore(self.semaphore_name, self.config.max_parallelism)
-        return _Run(conn.client, uuid.uuid4().hex[:8], resources, payloads, conn.total_threads())
+        threads = sum(w.get("nthreads", 1) for w in workers)
+        return _Run(conn.client, uuid.uuid4().hex[:8], resources, payloads, threads)
 
     @contextlib.contextmanager
     def _nested_run(self, stage: Stage) -> Iterator[_Run]:
@@ -286,10 +285,8 @@ class DaskBackend(Backend):
         if not inside_worker:
             yield self._new_run(self.connection, {id(stage): payload})
             return
-        # Inside a task: submit through the worker's client; worker_client secedes this task from
-        # the
-        # thread pool while it waits, so nested pools cannot deadlock even with one thread per
-        # worker.
+        # Inside a task: submit through the worker's client. worker_client secedes this task from
+        # the thread pool while it waits, so nested pools cannot deadlock on one-thread workers.
         with distributed.worker_client(timeout=self.connect_timeout) as client:
             yield self._new_run(Connection(client, None, owns=False), {id(stage): payload})
 
@@ -301,22 +298,15 @@ class DaskBackend(Backend):
         return min(self.config.max_parallelism or threads, threads)
 
     def _window(self, run: _Run) -> int:
-        # Two tasks per slot keep workers busy while the driver consumes results; with a
-        # max_parallelism below the thread count, never submit more than it allows to run.
-        cap = self.config.max_parallelism
-        if cap is not None and cap < run.threads:
-            return cap
-        return 2 * self._slots(run)
+        # Two tasks per thread keep workers busy while the driver consumes results; a
+        # max_parallelism below the thread count is the window itself (no task would wait).
+        slots = self._slots(run)
+        return slots if slots < run.threads else 2 * slots
 
     def _pack_size(self, run: _Run, num_shards: int) -> int:
         return max(1, min(MAX_PACK, math.ceil(num_shards / (TASKS_PER_SLOT * self._slots(run)))))
 
-    def _submit(
-        self, run: _Run, stage: Stage, shards: list, flat: bool, total: int, attempt: int
-    ) -> Any:
-        # A stage that fans out to a nested pool mostly waits for its inner tasks, which carry the
-        # resources; a seceded task keeps its resources in Dask, so claiming them here as well could
-        # leave no worker able to run the inner tasks.
+    def _submit(self, run: _Run, stage: Stage, shards: list, flat: bool, attempt: int) -> Any:
         payload = run.payloads[id(stage)]
         if isinstance(payload, bytes) and len(payload) > INLINE_PAYLOAD_BYTES:
             # A large stage (a closure over a lookup table) is copied to every worker once, not
@@ -328,10 +318,14 @@ class DaskBackend(Backend):
             key += f"-retry{attempt}"
         if all(spec[0] == "item" for _, spec in shards):
             shards = _Opaque(shards)
+        # A stage that fans out to a nested pool mostly waits for its inner tasks, which carry the
+        # resources: Dask keeps a seceded task's resources, so claiming them here too could leave
+        # no worker able to run the inner tasks.
+        resources = None if stage.has_nested else run.resources
         return run.client.submit(
-            _dask_task, payload, f"{run.token}-{stage.index}", shards, flat, total,
+            _dask_task, payload, f"{run.token}-{stage.index}", shards, flat,
             self.semaphore_name, self.config.max_parallelism or 0,
-            key=key, resources=None if stage.has_nested else run.resources, pure=False,
+            key=key, resources=resources, pure=False,
         )  # fmt: skip
 
     def _wait_any(self, handles: list) -> None:

@@ -16,15 +16,11 @@ from zephyr.plan import Stage
 class SyncBackend(Backend):
     """Run each shard in turn in this thread. Resource settings are accepted and ignored."""
 
-    kind = "sync"
-
     def __init__(self, config: BackendConfig | None = None, **settings: Any):
         super().__init__(config or make_config(**settings))
 
-    def _submit(
-        self, run: Any, stage: Stage, shards: list, flat: bool, total: int, attempt: int
-    ) -> Any:
-        return run_task(stage, shards, flat, total)
+    def _submit(self, run: Any, stage: Stage, shards: list, flat: bool, attempt: int) -> Any:
+        return run_task(stage, shards, flat)
 
     def _wait_any(self, handles: list) -> None:
         return None

@@ -17,8 +17,6 @@ class ThreadBackend(Backend):
     """Run shards on `max_parallelism` threads (default: the CPU count). Resource settings are
     accepted and ignored: threads share this process's memory."""
 
-    kind = "threads"
-
     def __init__(self, config: BackendConfig | None = None, **settings: Any):
         super().__init__(config or make_config(**settings))
         self._pool: cf.ThreadPoolExecutor | None = None
@@ -37,10 +35,8 @@ class ThreadBackend(Backend):
     def _window(self, run: Any) -> int:
         return 2 * self.num_threads
 
-    def _submit(
-        self, run: Any, stage: Stage, shards: list, flat: bool, total: int, attempt: int
-    ) -> Any:
-        return self._executor().submit(run_task, stage, shards, flat, total)
+    def _submit(self, run: Any, stage: Stage, shards: list, flat: bool, attempt: int) -> Any:
+        return self._executor().submit(run_task, stage, shards, flat)
 
     def _wait_any(self, handles: list) -> None:
         cf.wait(handles, return_when=cf.FIRST_COMPLETED)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import contextlib
 import gzip
 import lzma
-import os
 import posixpath
 import uuid
 from collections.abc import Iterator
 from typing import BinaryIO
 
 import fsspec
+
+from zephyr.io.fs import publishes_on_close
 
 GZIP_LEVEL = 1
 ZSTD_LEVEL = 3
@@ -26,15 +27,6 @@ CHUNK_BYTES = 1 << 20
 _GZIP = (".gz", ".gzip")
 _ZSTD = (".zst", ".zstd")
 _XZ = (".xz",)
-
-
-_OBJECT_STORES = {"gs", "gcs", "s3", "s3a", "az", "abfs", "abfss", "adl"}
-
-
-def _publishes_on_close(fs: fsspec.AbstractFileSystem) -> bool:
-    """Object stores make an object visible only when its upload completes (on close)."""
-    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
-    return bool(protocols & _OBJECT_STORES)
 
 
 def compression_of(path: str) -> str | None:
@@ -107,23 +99,12 @@ def atomic_output(path: str) -> Iterator[BinaryIO]:
     Compression is applied from the extension. A reader never sees a partial file at `path`.
     """
     fs, fspath = fsspec.core.url_to_fs(path)
-    parent = os.path.dirname(fspath.rstrip("/"))
-    if fs.protocol in ("file", ("file", "local")) or "file" in fs.protocol:
-        if parent:
-            os.makedirs(parent, exist_ok=True)
-        tmp = os.path.join(parent, f".{os.path.basename(fspath)}.tmp-{uuid.uuid4().hex}")
-        try:
-            with open(tmp, "wb") as raw, _compressed(raw, fspath) as f:
-                yield f
-            os.replace(tmp, fspath)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        return
+    parent = posixpath.dirname(fspath.rstrip("/"))
     if parent:
         fs.makedirs(parent, exist_ok=True)
-    if not _publishes_on_close(fs):
-        # memory:// and similar show a file as soon as it is opened: write aside, then move.
+    if not publishes_on_close(fs):
+        # Local disks and memory:// show a file as soon as it is opened: write to a hidden file
+        # beside it, then move it into place (a rename on local disk).
         tmp = posixpath.join(parent, f".{posixpath.basename(fspath)}.tmp-{uuid.uuid4().hex}")
         try:
             with fs.open(tmp, "wb") as raw, _compressed(raw, fspath) as f:
