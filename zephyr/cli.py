@@ -12,10 +12,9 @@ import importlib.util
 import os
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, NoReturn
 
-from zephyr.backends.base import Backend
 from zephyr.backends.config import BACKEND_KINDS, cli_context, parse_memory
 from zephyr.errors import ZephyrError
 
@@ -117,28 +116,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("script", help="the Python script to run")
     p.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments passed to the script")
     return p
-
-
-class DryRunBackend(Backend):
-    """Prints the plan of every pipeline executed on it and yields nothing."""
-
-    kind = "dry-run"
-
-    def __init__(self, inner: Backend):
-        super().__init__(inner.config)
-        self.inner = inner
-
-    def execute(self, dataset: Any) -> Iterator:
-        print(dataset.compute_plan(self).describe())
-        return iter(())
-
-    def _submit(self, *args: Any) -> Any:
-        raise ZephyrError("a dry run does not execute tasks")
-
-    _wait_any = _done = _outcome = _submit
-
-    def __repr__(self) -> str:
-        return f"dry-run {self.inner!r}"
 
 
 def _load_script(path: str) -> Any:

@@ -122,3 +122,21 @@ def test_user_error_exits_1_with_the_stage_and_shard(tmp_path):
     assert (
         "zephyr: error: stage 'map' shard 0 (input 'a'): map(int) raised ValueError" in out.stderr
     )
+
+
+def test_dry_run_covers_backends_derived_with_overrides(tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "job.py"
+    path.write_text(
+        "from zephyr import Dataset, flow_backend\n"
+        "def touch(x):\n"
+        f"    open({str(marker)!r}, 'w').close()\n"
+        "    return x\n"
+        "def main():\n"
+        "    inner = flow_backend(max_parallelism=2)\n"
+        "    print('results', list(inner.execute(Dataset.from_list([1, 2]).map(touch))))\n"
+    )
+    out = zephyr("--dry-run", str(path))
+    assert out.returncode == 0, out.stderr
+    assert "stage 0: map" in out.stdout and "results []" in out.stdout
+    assert not marker.exists(), "a dry run executed a pipeline"

@@ -83,6 +83,8 @@ class Backend(abc.ABC):
         # Per-stage progress on the driver (a bar on a terminal, a log line per stage); None for
         # none.
         self.progress: Any = StageProgress()
+        # Set by `zephyr --dry-run`: execute prints the plan and runs nothing.
+        self.dry_run = False
 
     # -- public API
     def execute(self, dataset: Any) -> Iterator:
@@ -90,6 +92,9 @@ class Backend(abc.ABC):
         first `next`). Raises ZephyrError when user code fails, naming the stage, shard and input.
         """
         plan = dataset.compute_plan(self)
+        if self.dry_run:
+            print(plan.describe())
+            return iter(())
         run = self._start_run(plan)
         return self._run_plan(plan, run)
 

@@ -125,12 +125,9 @@ def cli_context(kind: str, dry_run: bool = False, **config: Any) -> Iterator[Bac
     """
     global _CLI
     backend = create_backend(kind, **config)
-    if dry_run:
-        from zephyr.cli import DryRunBackend
-
-        backend = DryRunBackend(backend)
+    backend.dry_run = dry_run
     previous = _CLI
-    _CLI = {"kind": kind, "config": config, "backend": backend}
+    _CLI = {"kind": kind, "config": config, "backend": backend, "dry_run": dry_run}
     try:
         yield backend
     finally:
@@ -155,7 +152,9 @@ def flow_backend(**overrides: Any) -> Backend:
         if not overrides:
             return cli["backend"]
         kind = overrides.pop("backend", cli["kind"])
-        return create_backend(kind, **{**cli["config"], **overrides})
+        backend = create_backend(kind, **{**cli["config"], **overrides})
+        backend.dry_run = cli["dry_run"]
+        return backend
     if not overrides:
         with _LOCK:
             if _DEFAULT is None:
