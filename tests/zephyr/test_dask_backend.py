@@ -8,6 +8,8 @@ import contextlib
 import logging
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
 
@@ -344,3 +346,57 @@ def test_nested_pool_with_memory_requests_does_not_starve_inner_tasks(resource_c
     out = list(outer.execute(_nested_pipeline(outer, inner, outer_probe, inner_probe)))
     assert len(out) == 12
     assert inner_probe.max == 1
+
+
+def _start_worker(address: str, *extra: str) -> subprocess.Popen:
+    """A real `dask worker` process (no nanny: killing it removes the worker for good)."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "distributed.cli.dask_worker",
+            address,
+            "--nthreads",
+            "1",
+            "--no-nanny",
+            "--no-dashboard",
+            *extra,
+        ],  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _slow(x):
+    time.sleep(0.5)
+    return x
+
+
+@pytest.mark.timeout(90)
+def test_tasks_no_remaining_worker_can_run_fail_instead_of_waiting_forever():
+    """The only worker offering MEMORY dies mid-run: Dask would keep the remaining tasks in state
+    no-worker forever; zephyr raises once no_worker_timeout passes."""
+    with (
+        distributed.LocalCluster(
+            n_workers=0, host="127.0.0.1", dashboard_address=":0", silence_logs=logging.CRITICAL
+        ) as cluster,
+        distributed.Client(cluster, set_as_default=False) as client,
+    ):
+        big = _start_worker(cluster.scheduler_address, "--resources", "MEMORY=1e9")
+        small = _start_worker(cluster.scheduler_address)
+        try:
+            client.wait_for_workers(2, timeout=60)
+            backend = DaskBackend(client, memory="1GB", no_worker_timeout=1)
+            results = backend.execute(Dataset.from_list(range(6)).map(_slow))
+            assert next(results) == 0
+            big.kill()
+            with pytest.raises(
+                ZephyrError,
+                match=r"no worker able to run them: resource request MEMORY=1GB cannot be "
+                r"satisfied by any of the 1 Dask workers",
+            ):
+                list(results)
+        finally:
+            for proc in (big, small):
+                proc.kill()
+                proc.wait(timeout=10)

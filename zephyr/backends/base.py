@@ -146,8 +146,8 @@ class Backend(abc.ABC):
         """Start one task running `stage` over `shards`; return a handle."""
 
     @abc.abstractmethod
-    def _wait_any(self, handles: list) -> None:
-        """Block until at least one of `handles` is done."""
+    def _wait_any(self, run: Any, handles: list) -> None:
+        """Block until at least one of `handles` is done (or raise if none ever can be)."""
 
     @abc.abstractmethod
     def _done(self, handle: Any) -> bool:
@@ -225,7 +225,7 @@ class Backend(abc.ABC):
                 if not pending:
                     return
                 if pending[0].value is _UNSET and not self._done(pending[0].handle):
-                    self._wait_any([p.handle for p in pending if p.value is _UNSET])
+                    self._wait_any(run, [p.handle for p in pending if p.value is _UNSET])
                 # Fail fast: look at every finished task, not only the head of the queue.
                 for p in list(pending):
                     if p.value is _UNSET and self._done(p.handle):

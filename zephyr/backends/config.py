@@ -121,7 +121,8 @@ def cli_context(kind: str, dry_run: bool = False, **config: Any) -> Iterator[Bac
     """Make `flow_backend()` return a backend built from these settings (what the `zephyr` CLI
     does).
 
-    With `dry_run`, that backend prints each pipeline's plan instead of running it.
+    With `dry_run`, that backend and every one derived from it with `flow_backend(**overrides)`
+    print each pipeline's plan instead of running it.
     """
     global _CLI
     backend = create_backend(kind, **config)

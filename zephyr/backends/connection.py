@@ -75,10 +75,10 @@ class Connection:
             if workers:
                 return workers
             if time.monotonic() > deadline:
+                waited = f" after {timeout:g} s" if timeout else ""
                 raise ZephyrError(
-                    f"the Dask cluster at {self.client.scheduler.address} has no workers after "
-                    f"{timeout:g} s; start workers (dask worker <address>) or use the embedded "
-                    "cluster"
+                    f"the Dask cluster at {self.client.scheduler.address} has no workers{waited}; "
+                    "start workers (dask worker <address>) or use the embedded cluster"
                 )
             time.sleep(0.1)
 

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -124,15 +125,24 @@ def _result_lengths(result: TaskResult) -> tuple[int, int]:
 
 
 # -- driver side
+def _task_states(keys: list, dask_scheduler: Any = None) -> list[str]:
+    return [dask_scheduler.tasks[k].state for k in keys if k in dask_scheduler.tasks]
+
+
 @dataclass
 class _Run:
-    """Per-execution state: the client to submit through and each stage's scattered payload."""
+    """Per-execution state: the connection to submit through and each stage's payload."""
 
-    client: Client
+    conn: Connection
     token: str
     resources: dict | None
     payloads: dict
     threads: int
+    stalled_since: float | None = None  # when tasks were first seen that no worker can run
+
+    @property
+    def client(self) -> Client:
+        return self.conn.client
 
 
 class DaskBackend(Backend):
@@ -152,11 +162,13 @@ class DaskBackend(Backend):
         config: BackendConfig | None = None,
         *,
         connect_timeout: float = 5.0,
+        no_worker_timeout: float = 60.0,
         **settings: Any,
     ):
         super().__init__(config or make_config(**settings))
         self.address = address
         self.connect_timeout = connect_timeout
+        self.no_worker_timeout = no_worker_timeout
         self._id = uuid.uuid4().hex[:12]
         self._conn: Connection | None = None
         self._warned: set[str] = set()
@@ -164,7 +176,8 @@ class DaskBackend(Backend):
     # -- connection
     @property
     def connection(self) -> Connection:
-        if self._conn is None:
+        # Reconnect if another backend sharing this address closed the client.
+        if self._conn is None or self._conn.client.status == "closed":
             self._conn = connect(self.address, self.connect_timeout)
         return self._conn
 
@@ -225,18 +238,9 @@ class DaskBackend(Backend):
             wanted = {k: v for k, v in wanted.items() if k not in missing}
             if not wanted:
                 return None
-        if not any(
-            all(w.get("resources", {}).get(k, 0) >= v for k, v in wanted.items()) for w in workers
-        ):
-            best = {k: max(w.get("resources", {}).get(k, 0) for w in workers) for k in wanted}
-            asked = ", ".join(f"{k}={_fmt_resource(k, v)}" for k, v in wanted.items())
-            has = ", ".join(f"{k}={_fmt_resource(k, v)}" for k, v in best.items())
-            raise ZephyrError(
-                f"resource request {asked} cannot be satisfied by any of the {len(workers)} Dask "
-                f"workers (the largest offer {has}); lower --memory/--num-cpus/--num-gpus, or add "
-                "workers that advertise enough "
-                '(dask worker --resources "MEMORY=...,CPU=...,GPU=...")'
-            )
+        problem = _unsatisfiable(wanted, workers)
+        if problem:
+            raise ZephyrError(problem)
         return wanted
 
     @staticmethod
@@ -272,7 +276,7 @@ class DaskBackend(Backend):
             with conn.client.as_current():
                 _semaphore(self.semaphore_name, self.config.max_parallelism)
         threads = sum(w.get("nthreads", 1) for w in workers)
-        return _Run(conn.client, uuid.uuid4().hex[:8], resources, payloads, threads)
+        return _Run(conn, uuid.uuid4().hex[:8], resources, payloads, threads)
 
     @contextlib.contextmanager
     def _nested_run(self, stage: Stage) -> Iterator[_Run]:
@@ -328,9 +332,40 @@ class DaskBackend(Backend):
             key=key, resources=resources, pure=False,
         )  # fmt: skip
 
-    def _wait_any(self, handles: list) -> None:
-        with handles[0].client.as_current():
-            distributed.wait(handles, return_when="FIRST_COMPLETED")
+    def _wait_any(self, run: _Run, handles: list) -> None:
+        # Dask keeps a task that no worker can run in state no-worker forever, silently (e.g. when
+        # the only workers offering MEMORY leave). Wake up now and then to look for that.
+        poll = min(5.0, max(0.2, self.no_worker_timeout / 4))
+        while True:
+            try:
+                with run.client.as_current():
+                    distributed.wait(handles, timeout=poll, return_when="FIRST_COMPLETED")
+                return
+            except TimeoutError:
+                self._check_stalled(run, handles)
+
+    def _check_stalled(self, run: _Run, handles: list) -> None:
+        """Raise once tasks have waited `no_worker_timeout` s with no worker able to run them."""
+        states = run.client.run_on_scheduler(_task_states, [h.key for h in handles])
+        reason = None
+        if "no-worker" in states or "queued" in states:
+            try:
+                workers = run.conn.workers(timeout=0)
+            except ZephyrError as e:
+                reason = str(e)
+            else:
+                reason = _unsatisfiable(run.resources or {}, workers)
+        if reason is None:
+            run.stalled_since = None
+            return
+        now = time.monotonic()
+        if run.stalled_since is None:
+            run.stalled_since = now
+        elif now - run.stalled_since >= self.no_worker_timeout:
+            raise ZephyrError(
+                f"tasks have waited {now - run.stalled_since:.0f} s (no_worker_timeout="
+                f"{self.no_worker_timeout:g}) with no worker able to run them: {reason}"
+            )
 
     def _done(self, handle: Any) -> bool:
         return handle.done()
@@ -364,6 +399,21 @@ class DaskBackend(Backend):
         if self._conn is not None and self.address is not None and self._conn.owns:
             self._conn.close()
         self._conn = None
+
+
+def _unsatisfiable(wanted: dict, workers: list[dict]) -> str | None:
+    """Why no worker can run a task restricted to `wanted` resources, or None if one can."""
+    offers = [w.get("resources", {}) for w in workers]
+    if any(all(offer.get(k, 0) >= v for k, v in wanted.items()) for offer in offers):
+        return None
+    best = {k: max(offer.get(k, 0) for offer in offers) for k in wanted}
+    asked = ", ".join(f"{k}={_fmt_resource(k, v)}" for k, v in wanted.items())
+    has = ", ".join(f"{k}={_fmt_resource(k, v)}" for k, v in best.items())
+    return (
+        f"resource request {asked} cannot be satisfied by any of the {len(workers)} Dask "
+        f"workers (the largest offer {has}); lower --memory/--num-cpus/--num-gpus, or add "
+        'workers that advertise enough (dask worker --resources "MEMORY=...,CPU=...,GPU=...")'
+    )
 
 
 def _fmt_resource(name: str, value: float) -> str:

@@ -22,7 +22,7 @@ class SyncBackend(Backend):
     def _submit(self, run: Any, stage: Stage, shards: list, flat: bool, attempt: int) -> Any:
         return run_task(stage, shards, flat)
 
-    def _wait_any(self, handles: list) -> None:
+    def _wait_any(self, run: Any, handles: list) -> None:
         return None
 
     def _done(self, handle: Any) -> bool:

@@ -38,7 +38,7 @@ class ThreadBackend(Backend):
     def _submit(self, run: Any, stage: Stage, shards: list, flat: bool, attempt: int) -> Any:
         return self._executor().submit(run_task, stage, shards, flat)
 
-    def _wait_any(self, handles: list) -> None:
+    def _wait_any(self, run: Any, handles: list) -> None:
         cf.wait(handles, return_when=cf.FIRST_COMPLETED)
 
     def _done(self, handle: Any) -> bool:
