@@ -20,6 +20,8 @@ from zephyr.backends.threads import ThreadBackend
 from zephyr.dataset import Dataset
 from zephyr.errors import ZephyrError
 from zephyr.io.jsonl import load_jsonl
+from zephyr.io.parquet import load_parquet
+from zephyr.io.readers import load_file, load_zip_members
 from zephyr.kernels import ShardInfo
 from zephyr.plan import Plan
 
@@ -35,7 +37,10 @@ __all__ = [
     "ZephyrError",
     "create_backend",
     "flow_backend",
+    "load_file",
     "load_jsonl",
+    "load_parquet",
+    "load_zip_members",
     "parse_memory",
 ]
 

@@ -5,6 +5,7 @@ Imports no Dask: execution is delegated to a backend (`zephyr.backends`).
 
 from __future__ import annotations
 
+import functools
 import posixpath
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -26,6 +27,12 @@ from zephyr.plan import Plan, compute_plan
 def _check_callable(fn: object, method: str) -> None:
     if not callable(fn):
         raise TypeError(f"Dataset.{method} takes a function, got {type(fn).__name__} {fn!r}")
+
+
+def _flag(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"skip_existing takes True or False, got {value!r}")
+    return value
 
 
 def _check_positive(n: object, method: str, minimum: int = 1) -> None:
@@ -77,7 +84,9 @@ class Dataset:
         """One shard per file matching `pattern` (an fsspec glob: local, memory://, gs://, ...),
         sorted.
 
-        Two-argument form: `from_files(directory, "*.jsonl.gz")`. No match raises FileNotFoundError
+        Hidden files (names starting with '.', like the temporaries of unfinished writes) are
+        skipped. Two-argument form: `from_files(directory, "*.jsonl.gz")`. No match raises
+        FileNotFoundError
         naming the pattern, unless `empty_glob_ok=True` (then the dataset has no shards).
         """
         full = str(pattern)
@@ -148,14 +157,68 @@ class Dataset:
 
         return self.flat_map(load_jsonl)
 
-    def write_jsonl(self, pattern: str | Callable[[int, int], str]) -> Dataset:
+    def load_parquet(self, columns: list[str] | None = None) -> Dataset:
+        """Shorthand for `.flat_map(load_parquet)`, reading only `columns` when given."""
+        from zephyr.io.parquet import load_parquet
+
+        if columns is None:
+            return self.flat_map(load_parquet)
+        if isinstance(columns, str) or not all(isinstance(c, str) for c in columns):
+            raise TypeError(f"load_parquet columns must be a list of names, got {columns!r}")
+        return self.flat_map(functools.partial(load_parquet, columns=list(columns)))
+
+    def load_file(self) -> Dataset:
+        """Shorthand for `.flat_map(load_file)`: each path is read by the reader its extension
+        names (JSON Lines, compressed or not, or Parquet)."""
+        from zephyr.io.readers import load_file
+
+        return self.flat_map(load_file)
+
+    def load_zip_members(self, pattern: str = "*") -> Dataset:
+        """Shorthand for `.flat_map(load_zip_members)`: `{"filename", "content"}` per member."""
+        from zephyr.io.readers import load_zip_members
+
+        if pattern == "*":
+            return self.flat_map(load_zip_members)
+        return self.flat_map(functools.partial(load_zip_members, pattern=pattern))
+
+    def write_jsonl(
+        self, pattern: str | Callable[[int, int], str], *, skip_existing: bool = False
+    ) -> Dataset:
         """Write each shard to one JSON Lines file; the pipeline then yields the written paths.
 
         `pattern` may use `{shard}` (e.g. `{shard:05d}`), `{total}` and `{basename}` (the input
-        file's name without extensions), or be a callable `(shard_idx, total) -> path`. `.gz` and
-        `.zst` compress.
+        file's name without extensions), or be a callable `(shard_idx, total) -> path`. `.gz`,
+        `.zst` and `.xz` compress. Files are committed atomically. With `skip_existing=True`, a
+        shard whose output exists is not computed at all (its input is not even opened).
         """
-        return self._with(WriteOp("jsonl", pattern))
+        return self._with(WriteOp("jsonl", pattern, skip_existing=_flag(skip_existing)))
+
+    def write_parquet(
+        self,
+        pattern: str | Callable[[int, int], str],
+        schema: Any = None,
+        *,
+        skip_existing: bool = False,
+    ) -> Dataset:
+        """Write each shard (dict records) to one Parquet file; yields the written paths.
+
+        `schema` (a `pyarrow.Schema` or a dict of name -> pyarrow type) is enforced: unknown fields,
+        missing non-nullable fields and wrong types raise. Without it the schema is inferred and
+        widened as later records add fields, fill null ones or need wider numbers. Paths,
+        atomicity and `skip_existing` as in `write_jsonl`.
+        """
+        from zephyr.io.parquet import parquet_schema
+
+        options = {"schema": parquet_schema(schema)}
+        return self._with(WriteOp("parquet", pattern, options, skip_existing=_flag(skip_existing)))
+
+    def write_binary(
+        self, pattern: str | Callable[[int, int], str], *, skip_existing: bool = False
+    ) -> Dataset:
+        """Write each shard's bytes records back to back into one file (compressed by extension);
+        yields the written paths. Paths, atomicity and `skip_existing` as in `write_jsonl`."""
+        return self._with(WriteOp("binary", pattern, skip_existing=_flag(skip_existing)))
 
     # -- planning and execution
     @property

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from zephyr.errors import UserCodeFailure, ZephyrError, _WrappedUserError, short_repr
+from zephyr.io.atomic import existing_outputs, output_exists
 from zephyr.io.paths import render_path
 from zephyr.io.writers import write_records
 from zephyr.ops import FilterOp, FlatMapOp, MapOp, MapShardOp, TakePerShardOp, WindowOp, WriteOp
@@ -96,7 +97,11 @@ def _window(it: Iterator, size: int) -> Iterator:
 
 def _write(it: Iterator, state: dict, op: WriteOp, info: ShardInfo, counter: list) -> Iterator:
     path = render_path(op.pattern, info.shard_idx, info.total_shards, info.input)
-    counter[0] += write_records(op.format, it, path, op.options)
+    if op.skip_existing and output_exists(path):
+        # `it` is never iterated, so nothing upstream runs: the shard's input is not even opened.
+        counter[1] += 1
+    else:
+        counter[0] += write_records(op.format, it, path, op.options)
     yield path
 
 
@@ -107,7 +112,8 @@ def _counted(it: Iterable, counter: list) -> Iterator:
 
 
 def run_ops(ops: tuple, records: Iterable, info: ShardInfo, counter: list) -> Iterator:
-    """Chain `ops` over `records` lazily; `counter[0]` counts records written (else produced)."""
+    """Chain `ops` over `records` lazily; `counter[0]` counts records written (else produced),
+    `counter[1]` shards skipped because their output existed."""
     it: Iterator = iter(records)
     wrote = False
     for op in ops:
@@ -142,10 +148,12 @@ def _nested(it: Iterator, state: dict, op: Nested, info: ShardInfo) -> Iterator:
 
 @dataclass
 class TaskResult:
-    """What one task returns: per-shard output lists (or one flat list) and the record count."""
+    """What one task returns: per-shard output lists (or one flat list), the record count and how
+    many shards were skipped because their output existed."""
 
     outputs: list
     records: int
+    skipped: int = 0
 
 
 def shard_records(spec: Any) -> Iterable:
@@ -167,7 +175,7 @@ def run_task(
     a UserCodeFailure describing it; the caller raises it as a ZephyrError on the driver.
     """
     outputs: list = []
-    counter = [0]
+    counter = [0, 0]
     for shard_idx, spec in shards:
         source = spec[1] if spec[0] == "item" else None
         info = ShardInfo(shard_idx, stage.num_shards, source, stage.name)
@@ -181,4 +189,17 @@ def run_task(
             return e.failure
         except Exception as e:  # a failure outside any op (e.g. reading an upstream slice)
             return UserCodeFailure.capture(f"{_where(info)}: {type(e).__name__}: {e}", e)
-    return TaskResult(outputs, counter[0])
+    return TaskResult(outputs, counter[0], counter[1])
+
+
+def outputs_all_exist(stage: Stage) -> bool:
+    """Whether `stage` writes with `skip_existing=True` and every shard's output already exists,
+    so the stages upstream of it need not run (checked on the driver, one listing per folder)."""
+    writer = next((op for op in stage.ops if isinstance(op, WriteOp)), None)
+    if writer is None or not writer.skip_existing or stage.num_shards < 1:
+        return False
+    inputs = stage.inputs or (None,) * stage.num_shards
+    paths = [
+        render_path(writer.pattern, j, stage.num_shards, inputs[j]) for j in range(stage.num_shards)
+    ]
+    return len(existing_outputs(paths)) == len(set(paths))

@@ -59,7 +59,8 @@ class FlatMapOp:
     @property
     def label(self) -> str:
         # A reader shows under its own name ("load_jsonl -> map -> ..."), as users think of it.
-        return getattr(self.fn, "_zephyr_reader", None) or "flat_map"
+        fn = getattr(self.fn, "func", self.fn)  # functools.partial(load_parquet, columns=...)
+        return getattr(fn, "_zephyr_reader", None) or "flat_map"
 
     @property
     def detail(self) -> str:
@@ -150,9 +151,10 @@ class ReshardOp:
 class WriteOp:
     """Write each shard's records to one file named by `pattern`; the shard yields that path."""
 
-    format: str  # "jsonl"
+    format: str  # "jsonl", "parquet" or "binary"
     pattern: str | Callable[[int, int], str]
     options: dict = field(default_factory=dict, hash=False, compare=False)
+    skip_existing: bool = False  # a shard whose output exists is not computed
     backend: Any = None
 
     @property
@@ -162,7 +164,8 @@ class WriteOp:
     @property
     def detail(self) -> str:
         pattern = self.pattern if isinstance(self.pattern, str) else callable_name(self.pattern)
-        return f"write_{self.format}({pattern!r})"
+        skip = ", skip_existing=True" if self.skip_existing else ""
+        return f"write_{self.format}({pattern!r}{skip})"
 
 
 # Ops that transform a stream of records inside one shard and may share a task with their

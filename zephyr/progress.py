@@ -36,13 +36,15 @@ class StageProgress:
         self._total = total_shards
         self._done = 0
         self._records = 0
+        self._skipped = 0
         self._t0 = time.monotonic()
         self._last_draw = 0.0
         self._draw(force=True)
 
-    def update(self, shards: int, records: int) -> None:
+    def update(self, shards: int, records: int, skipped: int = 0) -> None:
         self._done += shards
         self._records += records
+        self._skipped += skipped
         self._draw()
 
     def add_records(self, records: int) -> None:
@@ -57,12 +59,14 @@ class StageProgress:
         if self.live:
             sys.stderr.write("\n")
             sys.stderr.flush()
+        skipped = f" ({self._skipped} skipped: output exists)" if self._skipped else ""
         logger.info(
-            "stage %d '%s': %d/%d shards, %d records in %.1f s (%.0f records/s)",
+            "stage %d '%s': %d/%d shards%s, %d records in %.1f s (%.0f records/s)",
             self._stage.index,
             self._stage.name,
             self._done,
             self._total,
+            skipped,
             self._records,
             elapsed,
             self._records / elapsed if elapsed > 0 else 0.0,

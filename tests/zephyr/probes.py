@@ -1,4 +1,5 @@
-"""Cross-process test helpers: a concurrency counter shared by worker processes through a file."""
+"""Cross-process test helpers: a concurrency counter shared by worker processes through a file, and
+real `dask worker` processes."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import contextlib
 import fcntl
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -66,3 +69,40 @@ class ConcurrencyProbe:
     @property
     def total(self) -> int:
         return self.read()["total"]
+
+
+def start_dask_worker(address: str, *extra: str) -> subprocess.Popen:
+    """A real `dask worker` process with one thread and no nanny (killing it removes the worker
+    for good)."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "distributed.cli.dask_worker",
+            address,
+            "--nthreads",
+            "1",
+            "--no-nanny",
+            "--no-dashboard",
+            *extra,
+        ],  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def wait_until_idle(backend, timeout: float = 30) -> None:
+    """Dask cannot interrupt a running task: after a fail-fast, wait until no worker still runs
+    one (a no-op for in-process backends, which finish or abandon their tasks before raising)."""
+    client = getattr(backend, "client", None)
+    if client is None:
+        return
+
+    def executing(dask_worker=None):
+        return dask_worker.state.executing_count
+
+    deadline = time.monotonic() + timeout
+    while any(client.run(executing).values()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Dask tasks still running {timeout} s after the failure")
+        time.sleep(0.05)

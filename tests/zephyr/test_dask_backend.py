@@ -8,15 +8,13 @@ import contextlib
 import logging
 import os
 import re
-import subprocess
-import sys
 import threading
 import time
 
 import distributed
 import pytest
 
-from tests.zephyr.probes import ConcurrencyProbe
+from tests.zephyr.probes import ConcurrencyProbe, start_dask_worker
 from zephyr import Dataset, ZephyrError, flow_backend
 from zephyr.backends.config import cli_context
 from zephyr.backends.dask import DaskBackend
@@ -348,25 +346,6 @@ def test_nested_pool_with_memory_requests_does_not_starve_inner_tasks(resource_c
     assert inner_probe.max == 1
 
 
-def _start_worker(address: str, *extra: str) -> subprocess.Popen:
-    """A real `dask worker` process (no nanny: killing it removes the worker for good)."""
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "distributed.cli.dask_worker",
-            address,
-            "--nthreads",
-            "1",
-            "--no-nanny",
-            "--no-dashboard",
-            *extra,
-        ],  # fmt: skip
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
 def _slow(x):
     time.sleep(0.5)
     return x
@@ -382,8 +361,8 @@ def test_tasks_no_remaining_worker_can_run_fail_instead_of_waiting_forever():
         ) as cluster,
         distributed.Client(cluster, set_as_default=False) as client,
     ):
-        big = _start_worker(cluster.scheduler_address, "--resources", "MEMORY=1e9")
-        small = _start_worker(cluster.scheduler_address)
+        big = start_dask_worker(cluster.scheduler_address, "--resources", "MEMORY=1e9")
+        small = start_dask_worker(cluster.scheduler_address)
         try:
             client.wait_for_workers(2, timeout=60)
             backend = DaskBackend(client, memory="1GB", no_worker_timeout=1)

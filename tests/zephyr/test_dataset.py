@@ -126,6 +126,19 @@ def test_from_files_is_a_sorted_glob_one_shard_per_file(backend, tmp_path):
     ]
 
 
+def test_from_files_skips_hidden_files_such_as_unfinished_write_temporaries(tmp_path):
+    """A run killed mid-write leaves `.part.jsonl.tmp-<id>` beside its outputs; reading the
+    folder back with `*` must not pick up that partial file."""
+    write_jsonl(tmp_path / "part-0.jsonl", [{"i": 0}])
+    (tmp_path / ".part-1.jsonl.tmp-0123abcd").write_text('{"i": 1')
+    assert Dataset.from_files(str(tmp_path / "*")).compute_plan().source.items == (
+        str(tmp_path / "part-0.jsonl"),
+    )
+    assert Dataset.from_files(str(tmp_path / ".*")).compute_plan().source.items == (
+        str(tmp_path / ".part-1.jsonl.tmp-0123abcd"),
+    )
+
+
 @dask
 def test_from_files_two_argument_form(backend, tmp_path):
     (tmp_path / "raw").mkdir()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from zephyr.errors import UserCodeFailure, ZephyrError
+from zephyr.kernels import outputs_all_exist
 from zephyr.plan import Plan, Stage
 from zephyr.progress import StageProgress
 
@@ -173,7 +174,19 @@ class Backend(abc.ABC):
         progress = self.progress
         refs: list = []
         lengths: list[tuple[int, int]] = []  # (records, records counted) of each kept result
-        for stage in plan.stages:
+        stages = plan.stages
+        if len(stages) > 1 and outputs_all_exist(stages[-1]):
+            # Its shards come from a reshard, so which upstream work feeds a missing output is
+            # unknown until it runs; but when none is missing, nothing upstream needs to run.
+            logger.info(
+                "stage %d '%s': all %d outputs exist (skip_existing); stages 0-%d not run",
+                stages[-1].index,
+                stages[-1].name,
+                stages[-1].num_shards,
+                stages[-1].index - 1,
+            )
+            stages = stages[-1:]
+        for stage in stages:
             final = stage.index == len(plan.stages) - 1
             if stage.reshard_from is None:
                 specs = [(i, ("item", item)) for i, item in enumerate(stage.inputs)]
@@ -233,7 +246,10 @@ class Backend(abc.ABC):
                 while pending and pending[0].value is not _UNSET:
                     p = pending.popleft()
                     if progress is not None:
-                        progress.update(len(p.shards), 0 if keep else p.value.records)
+                        if keep:
+                            progress.update(len(p.shards), 0)
+                        else:
+                            progress.update(len(p.shards), p.value.records, p.value.skipped)
                     yield p.value
         finally:
             if pending:

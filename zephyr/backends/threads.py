@@ -48,8 +48,11 @@ class ThreadBackend(Backend):
         return handle.result()
 
     def _cancel(self, handles: list) -> None:
+        # A thread cannot be interrupted: wait for the running tasks, so that when an error reaches
+        # the caller no task of the run is still writing (each commits or discards its output).
         for h in handles:
             h.cancel()
+        cf.wait(handles)
 
     def close(self) -> None:
         with self._lock:

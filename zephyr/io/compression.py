@@ -1,9 +1,9 @@
-"""Opening inputs and outputs over fsspec, with compression chosen from the file extension.
+"""Compression chosen from a file's extension: streaming decompression of inputs and compressing
+output streams.
 
-Outputs are committed atomically: on a local disk (and memory://) the bytes go to a hidden temporary
-file in the same folder and are moved into place on success; object stores (gs://, s3://) publish an
-object only when its upload completes on close, and a failed write discards the upload. Default
-levels favour throughput: gzip 1, zstd 3.
+Reading never trusts a stream to end cleanly: a gzip, zstd or xz file cut short raises ValueError
+naming the file (python-zstandard's stream reader would silently return the partial data). Default
+write levels favour throughput: gzip 1, zstd 3, xz preset 1.
 """
 
 from __future__ import annotations
@@ -11,17 +11,15 @@ from __future__ import annotations
 import contextlib
 import gzip
 import lzma
-import posixpath
-import uuid
+import zlib
 from collections.abc import Iterator
 from typing import BinaryIO
 
 import fsspec
 
-from zephyr.io.fs import publishes_on_close
-
 GZIP_LEVEL = 1
 ZSTD_LEVEL = 3
+XZ_PRESET = 1
 CHUNK_BYTES = 1 << 20
 
 _GZIP = (".gz", ".gzip")
@@ -41,41 +39,83 @@ def compression_of(path: str) -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def open_input(path: str) -> Iterator[BinaryIO]:
-    """A binary stream of the decompressed contents of `path` (local, memory://, gs://, ...)."""
-    with fsspec.open(path, "rb") as raw:
-        kind = compression_of(path)
-        if kind == "gzip":
-            with gzip.GzipFile(fileobj=raw, mode="rb") as f:
-                yield f
-        elif kind == "zstd":
-            import zstandard
+def _zstd_chunks(raw: BinaryIO) -> Iterator[bytes]:
+    """Decompress concatenated zstd frames; raise EOFError if the input ends inside a frame."""
+    import zstandard
 
-            reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-            with reader as f:
-                yield f
-        elif kind == "xz":
-            with lzma.open(raw, "rb") as f:
-                yield f
-        else:
-            yield raw
+    dctx = zstandard.ZstdDecompressor()
+    obj = dctx.decompressobj()
+    in_frame = False
+    while data := raw.read(CHUNK_BYTES):
+        while data:
+            in_frame = True
+            out = obj.decompress(data)
+            if out:
+                yield out
+            if not obj.eof:
+                break
+            in_frame = False
+            data = obj.unused_data
+            obj = dctx.decompressobj()
+    if in_frame:
+        raise EOFError("zstd stream ended in the middle of a frame")
+
+
+def _stream_chunks(f: BinaryIO) -> Iterator[bytes]:
+    while chunk := f.read(CHUNK_BYTES):
+        yield chunk
+
+
+def _decompressed_chunks(raw: BinaryIO, kind: str | None) -> Iterator[bytes]:
+    if kind == "gzip":
+        with gzip.GzipFile(fileobj=raw, mode="rb") as f:
+            yield from _stream_chunks(f)
+    elif kind == "zstd":
+        yield from _zstd_chunks(raw)
+    elif kind == "xz":
+        with lzma.open(raw, "rb") as f:
+            yield from _stream_chunks(f)
+    else:
+        yield from _stream_chunks(raw)
+
+
+def _corrupt_errors() -> tuple[type[BaseException], ...]:
+    import zstandard
+
+    return (EOFError, gzip.BadGzipFile, zlib.error, lzma.LZMAError, zstandard.ZstdError)
+
+
+def iter_chunks(path: str) -> Iterator[bytes]:
+    """The decompressed contents of `path` (local, memory://, gs://, ...) in chunks of about 1 MiB.
+
+    A truncated or corrupt compressed file raises ValueError naming the file; a missing file raises
+    FileNotFoundError.
+    """
+    kind = compression_of(path)
+    with fsspec.open(path, "rb") as raw:
+        try:
+            yield from _decompressed_chunks(raw, kind)
+        except _corrupt_errors() as e:
+            raise ValueError(
+                f"{path}: truncated or corrupt {kind or 'compressed'} data ({e}); the file was "
+                "probably cut short while being written or copied: re-create it"
+            ) from None
 
 
 def iter_lines(path: str) -> Iterator[bytes]:
     """The lines of a (possibly compressed) file, without line endings, read in large chunks."""
-    with open_input(path) as f:
-        tail = b""
-        while chunk := f.read(CHUNK_BYTES):
-            lines = (tail + chunk).split(b"\n")
-            tail = lines.pop()
-            yield from lines
-        if tail:
-            yield tail
+    tail = b""
+    for chunk in iter_chunks(path):
+        lines = (tail + chunk).split(b"\n")
+        tail = lines.pop()
+        yield from lines
+    if tail:
+        yield tail
 
 
 @contextlib.contextmanager
-def _compressed(raw: BinaryIO, path: str) -> Iterator[BinaryIO]:
+def compressing(raw: BinaryIO, path: str) -> Iterator[BinaryIO]:
+    """A stream that compresses into `raw` as `path`'s extension says (or `raw` itself)."""
     kind = compression_of(path)
     if kind == "gzip":
         with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=GZIP_LEVEL, mtime=0) as f:
@@ -86,46 +126,7 @@ def _compressed(raw: BinaryIO, path: str) -> Iterator[BinaryIO]:
         with zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_writer(raw, closefd=False) as f:
             yield f
     elif kind == "xz":
-        with lzma.open(raw, "wb", preset=1) as f:
+        with lzma.open(raw, "wb", preset=XZ_PRESET) as f:
             yield f
     else:
         yield raw
-
-
-@contextlib.contextmanager
-def atomic_output(path: str) -> Iterator[BinaryIO]:
-    """A binary stream that becomes `path` only if the block exits without an exception.
-
-    Compression is applied from the extension. A reader never sees a partial file at `path`.
-    """
-    fs, fspath = fsspec.core.url_to_fs(path)
-    parent = posixpath.dirname(fspath.rstrip("/"))
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    if not publishes_on_close(fs):
-        # Local disks and memory:// show a file as soon as it is opened: write to a hidden file
-        # beside it, then move it into place (a rename on local disk).
-        tmp = posixpath.join(parent, f".{posixpath.basename(fspath)}.tmp-{uuid.uuid4().hex}")
-        try:
-            with fs.open(tmp, "wb") as raw, _compressed(raw, fspath) as f:
-                yield f
-            fs.mv(tmp, fspath)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                if fs.exists(tmp):
-                    fs.rm(tmp)
-        return
-    raw = fs.open(fspath, "wb")
-    try:
-        with _compressed(raw, fspath) as f:
-            yield f
-    except BaseException:
-        discard = getattr(raw, "discard", None)
-        if discard is not None:
-            discard()
-        else:
-            raw.close()
-            with contextlib.suppress(FileNotFoundError):
-                fs.rm(fspath)
-        raise
-    raw.close()

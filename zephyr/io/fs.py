@@ -3,6 +3,8 @@ path is on, and sorted globs that keep the protocol of remote paths."""
 
 from __future__ import annotations
 
+import posixpath
+
 import fsspec
 
 _OBJECT_STORES = {"gs", "gcs", "s3", "s3a", "az", "abfs", "abfss", "adl"}
@@ -22,10 +24,20 @@ def publishes_on_close(fs: fsspec.AbstractFileSystem) -> bool:
 
 
 def glob_files(pattern: str) -> list[str]:
-    """Sorted file paths matching an fsspec glob, with the protocol kept for remote filesystems."""
+    """Sorted file paths matching an fsspec glob, with the protocol kept for remote filesystems.
+
+    Hidden files (names starting with '.', such as the temporaries of writes in progress or killed
+    mid-way) are left out unless the pattern's last part starts with '.' itself.
+    """
     fs, path = fsspec.core.url_to_fs(pattern)
     found = fs.glob(path, detail=True)
-    files = [p for p, info in found.items() if info.get("type", "file") != "directory"]
+    hidden_ok = posixpath.basename(path).startswith(".")
+    files = [
+        p
+        for p, info in found.items()
+        if info.get("type", "file") != "directory"
+        and (hidden_ok or not posixpath.basename(p).startswith("."))
+    ]
     if not is_local(fs):
         files = [fs.unstrip_protocol(p) for p in files]
     return sorted(files)

@@ -11,7 +11,8 @@ from typing import Any
 
 import msgspec
 
-from zephyr.io.compression import atomic_output, iter_lines
+from zephyr.io.atomic import atomic_output
+from zephyr.io.compression import iter_lines
 
 _WRITE_BATCH = 512
 

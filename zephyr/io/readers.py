@@ -1,0 +1,85 @@
+"""Readers chosen by file extension (`load_file`) and zip archive members (`load_zip_members`).
+
+Every reader streams and reads through fsspec (local, memory://, gs://, s3://).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import zipfile
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import fsspec
+
+from zephyr.io.compression import compression_of
+from zephyr.io.jsonl import load_jsonl
+from zephyr.io.parquet import load_parquet
+
+_COMPRESSED = (".gz", ".gzip", ".zst", ".zstd", ".xz")
+# Dolma and friends name JSON Lines files `.json.gz`, so `.json` means JSON Lines here.
+_READERS: dict[str, Callable[[str], Iterator[Any]]] = {
+    ".jsonl": load_jsonl,
+    ".ndjson": load_jsonl,
+    ".json": load_jsonl,
+    ".parquet": load_parquet,
+}
+
+
+def supported_extensions() -> str:
+    """The extensions `load_file` reads, as text for error messages."""
+    return ".jsonl, .ndjson, .json (each optionally + .gz, .zst, .zstd, .xz), .parquet"
+
+
+def _reader_for(path: str) -> Callable[[str], Iterator[Any]]:
+    name = str(path).rsplit("/", 1)[-1].lower()
+    base = name
+    if compression_of(name) is not None:
+        base = name[: name.rfind(".")]
+    for ext, reader in _READERS.items():
+        if base.endswith(ext) and not (reader is load_parquet and base != name):
+            return reader
+    shown = name[name.find(".") :] if "." in name else "(none)"
+    raise ValueError(
+        f"{path}: load_file has no reader for extension {shown!r}; supported: "
+        f"{supported_extensions()}; for other formats use flat_map with your own reader"
+    )
+
+
+def load_file(path: str) -> Iterator[Any]:
+    """Stream the records of `path` with the reader its extension names: JSON Lines (`.jsonl`,
+    `.ndjson`, `.json`, optionally `.gz`/`.zst`/`.zstd`/`.xz`) or Parquet (`.parquet`).
+
+    An unknown extension raises ValueError listing the supported ones (before the file is opened).
+    """
+    return _reader_for(path)(path)
+
+
+load_file._zephyr_reader = "load_file"  # type: ignore[attr-defined]
+
+
+def load_zip_members(path: str, pattern: str = "*") -> Iterator[dict]:
+    """Yield `{"filename": name, "content": bytes}` for each file in the zip archive at `path`
+    whose name matches the glob `pattern` (fnmatch, e.g. `"*.json"`, `"data/*"`), in archive order.
+
+    One member is in memory at a time. A file that is not a zip archive raises ValueError naming it.
+    """
+    with fsspec.open(path, "rb") as raw:
+        try:
+            archive = zipfile.ZipFile(raw)
+        except zipfile.BadZipFile as e:
+            raise ValueError(f"{path}: not a readable zip archive ({e})") from None
+        with archive:
+            for info in archive.infolist():
+                if info.is_dir() or not fnmatch.fnmatchcase(info.filename, pattern):
+                    continue
+                try:
+                    content = archive.read(info)
+                except (zipfile.BadZipFile, EOFError, OSError) as e:
+                    raise ValueError(
+                        f"{path}: member {info.filename!r} is corrupt ({e}); re-create the archive"
+                    ) from None
+                yield {"filename": info.filename, "content": content}
+
+
+load_zip_members._zephyr_reader = "load_zip_members"  # type: ignore[attr-defined]
