@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from timing import best_times
 
 REPO = Path(__file__).resolve().parent.parent
 MIN_WORDS = 100
@@ -235,17 +236,12 @@ def main() -> None:
     if args.bag_plain:
         variants["zephyr (plain output)"] = lambda out: run_zephyr(backend, corpus, out, True)
         variants["dask.bag (plain output)"] = lambda out: run_bag(client, corpus, out, True)
-    best: dict[str, float] = {}
     records: dict[str, int] = {}
-    for _ in range(args.repeat):
-        for i, (name, run) in enumerate(variants.items()):
-            out = args.data / f"out-{i}"
-            shutil.rmtree(out, ignore_errors=True)
-            t0 = time.perf_counter()
-            run(out)
-            best[name] = min(best.get(name, float("inf")), time.perf_counter() - t0)
-            records[name] = count_records(out)
-            shutil.rmtree(out, ignore_errors=True)
+
+    def inspect(name: str, out: Path) -> None:
+        records[name] = count_records(out)
+
+    best = best_times(variants, args.data, args.repeat, inspect)
     pool.close()
     pool.join()
 

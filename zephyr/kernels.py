@@ -192,14 +192,15 @@ def run_task(
     return TaskResult(outputs, counter[0], counter[1])
 
 
-def outputs_all_exist(stage: Stage) -> bool:
-    """Whether `stage` writes with `skip_existing=True` and every shard's output already exists,
-    so the stages upstream of it need not run (checked on the driver, one listing per folder)."""
-    writer = next((op for op in stage.ops if isinstance(op, WriteOp)), None)
-    if writer is None or not writer.skip_existing or stage.num_shards < 1:
-        return False
+def existing_stage_outputs(stage: Stage) -> list[str] | None:
+    """The output paths of `stage` if it ends in a writer with `skip_existing=True` and every one
+    already exists (checked on the driver, one listing per folder); else None. Then neither the
+    stage nor anything upstream of it needs to run."""
+    writer = stage.ops[-1] if stage.ops else None
+    if not isinstance(writer, WriteOp) or not writer.skip_existing or stage.num_shards < 1:
+        return None
     inputs = stage.inputs or (None,) * stage.num_shards
     paths = [
         render_path(writer.pattern, j, stage.num_shards, inputs[j]) for j in range(stage.num_shards)
     ]
-    return len(existing_outputs(paths)) == len(set(paths))
+    return paths if len(existing_outputs(paths)) == len(set(paths)) else None

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from zephyr.errors import UserCodeFailure, ZephyrError
-from zephyr.kernels import outputs_all_exist
+from zephyr.kernels import existing_stage_outputs
 from zephyr.plan import Plan, Stage
 from zephyr.progress import StageProgress
 
@@ -174,19 +174,20 @@ class Backend(abc.ABC):
         progress = self.progress
         refs: list = []
         lengths: list[tuple[int, int]] = []  # (records, records counted) of each kept result
-        stages = plan.stages
-        if len(stages) > 1 and outputs_all_exist(stages[-1]):
-            # Its shards come from a reshard, so which upstream work feeds a missing output is
-            # unknown until it runs; but when none is missing, nothing upstream needs to run.
+        last = plan.stages[-1]
+        existing = existing_stage_outputs(last) if len(plan.stages) > 1 else None
+        if existing is not None:
+            # The last stage's shards come from a reshard, so which upstream work feeds a missing
+            # output is known only by running it; but when none is missing, nothing need run.
             logger.info(
-                "stage %d '%s': all %d outputs exist (skip_existing); stages 0-%d not run",
-                stages[-1].index,
-                stages[-1].name,
-                stages[-1].num_shards,
-                stages[-1].index - 1,
+                "stage %d '%s': all %d outputs exist (skip_existing); nothing to run",
+                last.index,
+                last.name,
+                len(existing),
             )
-            stages = stages[-1:]
-        for stage in stages:
+            yield from existing
+            return
+        for stage in plan.stages:
             final = stage.index == len(plan.stages) - 1
             if stage.reshard_from is None:
                 specs = [(i, ("item", item)) for i, item in enumerate(stage.inputs)]

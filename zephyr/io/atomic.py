@@ -54,32 +54,40 @@ def atomic_output(path: str, compress: bool = True) -> Iterator[BinaryIO]:
     With `compress`, the bytes are compressed as the extension says (.gz, .zst, .xz). On failure
     nothing is left at `path` or beside it.
     """
-    fs, fspath = fsspec.core.url_to_fs(path)
-    parent = posixpath.dirname(fspath.rstrip("/"))
-    try:
-        if parent and not publishes_on_close(fs):
-            fs.makedirs(parent, exist_ok=True)
-    except PermissionError as e:
-        raise _not_writable(path, e) from e
     wrap = compressing if compress else _uncompressed
+    fs, fspath = fsspec.core.url_to_fs(path)
     if publishes_on_close(fs):
         with _object_store_output(fs, fspath, path) as raw, wrap(raw, fspath) as f:
             yield f
         return
-    tmp = _tmp_name(fspath)
-    try:
+    with temporary_beside(path) as tmp:
         try:
             raw = fs.open(tmp, "wb")
         except PermissionError as e:
             raise _not_writable(path, e) from e
         with raw, wrap(raw, fspath) as f:
             yield f
-        _commit(fs, tmp, fspath)
+        commit(tmp, path)
+
+
+@contextlib.contextmanager
+def temporary_beside(path: str) -> Iterator[str]:
+    """A hidden temporary path in `path`'s folder (local disk or memory://), for bytes that
+    `commit` will move to `path`; removed on exit if it still exists (not committed)."""
+    fs, fspath = fsspec.core.url_to_fs(path)
+    parent = posixpath.dirname(fspath.rstrip("/"))
+    try:
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+    except PermissionError as e:
+        raise _not_writable(path, e) from e
+    tmp = _tmp_name(fspath)
+    try:
+        yield tmp
     finally:
         with contextlib.suppress(FileNotFoundError):
             if fs.exists(tmp):
                 fs.rm(tmp)
-    _remove_stale_temporaries(fs, fspath)
 
 
 @contextlib.contextmanager
@@ -87,7 +95,10 @@ def _uncompressed(raw: BinaryIO, path: str) -> Iterator[BinaryIO]:
     yield raw
 
 
-def _commit(fs: fsspec.AbstractFileSystem, tmp: str, fspath: str) -> None:
+def commit(tmp: str, path: str) -> None:
+    """Move the complete temporary `tmp` (from `temporary_beside`) to `path` in one step, then
+    remove temporaries of `path` left by killed attempts."""
+    fs, fspath = fsspec.core.url_to_fs(path)
     try:
         if is_local(fs):
             os.replace(tmp, fspath)  # atomic on POSIX, replacing an older copy
@@ -98,6 +109,7 @@ def _commit(fs: fsspec.AbstractFileSystem, tmp: str, fspath: str) -> None:
         # up. Its file is complete; ours would have been identical.
         if not fs.exists(fspath):
             raise
+    _remove_stale_temporaries(fs, fspath)
 
 
 @contextlib.contextmanager
@@ -113,7 +125,10 @@ def _object_store_output(
     except BaseException:
         discard = getattr(raw, "discard", None)
         if discard is not None:
-            discard()  # the upload never completes, so no object appears
+            discard()  # abandons a multi-part/resumable upload already started
+            # A small file is uploaded in one request on close; gcsfs's discard does not stop that
+            # (a later close or __del__ would publish the buffer), so mark the file closed.
+            raw.closed = True
         else:
             raw.close()
             with contextlib.suppress(FileNotFoundError):
@@ -134,6 +149,7 @@ def existing_outputs(paths: Iterable[str]) -> set[str]:
     found: set[str] = set()
     for group in by_parent.values():
         fs, parent = fsspec.core.url_to_fs(posixpath.dirname(group[0]) or ".")
+        fs.invalidate_cache(parent)  # a listing cached earlier in this process may be stale
         try:
             listed = {fs._strip_protocol(p).rstrip("/") for p in fs.ls(parent, detail=False)}
         except FileNotFoundError:
@@ -145,4 +161,5 @@ def existing_outputs(paths: Iterable[str]) -> set[str]:
 def output_exists(path: str) -> bool:
     """Whether a committed output is at `path` (temporaries never count)."""
     fs, fspath = fsspec.core.url_to_fs(path)
+    fs.invalidate_cache(fspath)  # ask the store, not a listing cached earlier in this process
     return bool(fs.isfile(fspath))

@@ -2,8 +2,9 @@
 output streams.
 
 Reading never trusts a stream to end cleanly: a gzip, zstd or xz file cut short raises ValueError
-naming the file (python-zstandard's stream reader would silently return the partial data). Default
-write levels favour throughput: gzip 1, zstd 3, xz preset 1.
+naming the file (python-zstandard's stream reader would silently return the partial data). gzip goes
+through ISA-L (python-isal) when installed: about 3x faster than zlib both ways, and its level 1
+compresses as well as zlib's. Default write levels favour throughput: gzip 1, zstd 3, xz preset 1.
 """
 
 from __future__ import annotations
@@ -16,6 +17,13 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 import fsspec
+
+try:  # a core dependency; the stdlib's zlib is the fallback where no isal wheel exists
+    from isal import igzip as _gzip
+    from isal.isal_zlib import error as _gzip_error
+except ImportError:  # pragma: no cover - exercised only without isal
+    _gzip = gzip
+    _gzip_error = zlib.error
 
 GZIP_LEVEL = 1
 ZSTD_LEVEL = 3
@@ -68,7 +76,7 @@ def _stream_chunks(f: BinaryIO) -> Iterator[bytes]:
 
 def _decompressed_chunks(raw: BinaryIO, kind: str | None) -> Iterator[bytes]:
     if kind == "gzip":
-        with gzip.GzipFile(fileobj=raw, mode="rb") as f:
+        with _gzip.GzipFile(fileobj=raw, mode="rb") as f:
             yield from _stream_chunks(f)
     elif kind == "zstd":
         yield from _zstd_chunks(raw)
@@ -82,7 +90,14 @@ def _decompressed_chunks(raw: BinaryIO, kind: str | None) -> Iterator[bytes]:
 def _corrupt_errors() -> tuple[type[BaseException], ...]:
     import zstandard
 
-    return (EOFError, gzip.BadGzipFile, zlib.error, lzma.LZMAError, zstandard.ZstdError)
+    return (
+        EOFError,
+        gzip.BadGzipFile,
+        zlib.error,
+        _gzip_error,
+        lzma.LZMAError,
+        zstandard.ZstdError,
+    )
 
 
 def iter_chunks(path: str) -> Iterator[bytes]:
@@ -118,7 +133,7 @@ def compressing(raw: BinaryIO, path: str) -> Iterator[BinaryIO]:
     """A stream that compresses into `raw` as `path`'s extension says (or `raw` itself)."""
     kind = compression_of(path)
     if kind == "gzip":
-        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=GZIP_LEVEL, mtime=0) as f:
+        with _gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=GZIP_LEVEL, mtime=0) as f:
             yield f
     elif kind == "zstd":
         import zstandard

@@ -30,6 +30,7 @@ def glob_files(pattern: str) -> list[str]:
     mid-way) are left out unless the pattern's last part starts with '.' itself.
     """
     fs, path = fsspec.core.url_to_fs(pattern)
+    fs.invalidate_cache()  # object-store listings cached by an earlier run may be stale
     found = fs.glob(path, detail=True)
     hidden_ok = posixpath.basename(path).startswith(".")
     files = [

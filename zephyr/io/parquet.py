@@ -18,11 +18,13 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from zephyr.io.atomic import atomic_output
+from zephyr.io.atomic import atomic_output, commit, temporary_beside
+from zephyr.io.fs import publishes_on_close
 
 READ_BATCH_ROWS = 1024  # rows turned into Python dicts at a time
+READ_BUFFER_BYTES = 1 << 20  # column data read from storage at a time
 CONVERT_ROWS = 4096  # records converted to Arrow at a time
-ROW_GROUP_BYTES = 64 << 20  # Arrow bytes buffered before a row group is written
+ROW_GROUP_BYTES = 24 << 20  # Arrow bytes buffered per row group: bounds writer memory
 COMPRESSION = "zstd"  # inside the Parquet file (Arrow's default zstd level)
 
 
@@ -35,7 +37,8 @@ def load_parquet(path: str, columns: list[str] | None = None) -> Iterator[dict]:
     """
     with fsspec.open(path, "rb") as f:
         try:
-            pf = pq.ParquetFile(f)
+            # pre_buffer (pyarrow's default) would read every row group up front: the whole file.
+            pf = pq.ParquetFile(f, pre_buffer=False, buffer_size=READ_BUFFER_BYTES)
         except (pa.ArrowException, OSError) as e:
             raise ValueError(
                 f"{path}: not a readable Parquet file ({e}); check that the file is complete and "
@@ -50,7 +53,10 @@ def load_parquet(path: str, columns: list[str] | None = None) -> Iterator[dict]:
                     f"{path}: no column(s) {missing} in the file; its columns are {names}"
                 )
         try:
-            for batch in pf.iter_batches(batch_size=READ_BATCH_ROWS, columns=columns):
+            batches = pf.iter_batches(
+                batch_size=READ_BATCH_ROWS, columns=columns, use_threads=False
+            )
+            for batch in batches:
                 yield from batch.to_pylist()
         except (pa.ArrowException, OSError) as e:
             raise ValueError(f"{path}: corrupt Parquet data ({e}); re-create the file") from None
@@ -122,10 +128,12 @@ def _widen(current: pa.Schema, new: pa.Schema, path: str, first_index: int) -> p
 
 
 class _RowGroups:
-    """Buffers converted tables and writes them as row groups of about ROW_GROUP_BYTES."""
+    """Writes converted tables to `sink` as row groups of about ROW_GROUP_BYTES; closes `sink`
+    with the writer if it `owns_sink`."""
 
-    def __init__(self, writer: pq.ParquetWriter):
-        self.writer = writer
+    def __init__(self, sink: Any, schema: pa.Schema, owns_sink: bool = True):
+        self.sink = sink if owns_sink else None
+        self.writer = pq.ParquetWriter(sink, schema, compression=COMPRESSION)
         self.tables: list[pa.Table] = []
         self.nbytes = 0
 
@@ -137,18 +145,23 @@ class _RowGroups:
 
     def flush(self) -> None:
         if self.tables:
-            table = pa.concat_tables(self.tables)
+            table = pa.concat_tables(self.tables)  # no copy: the chunks are kept
             self.writer.write_table(table, row_group_size=max(1, len(table)))
         self.tables, self.nbytes = [], 0
 
     def close(self) -> None:
         self.flush()
         self.writer.close()
+        if self.sink is not None:
+            self.sink.close()
 
     def abandon(self) -> None:
-        """Release the writer after a failure (its file is discarded by the caller)."""
+        """Release the writer and sink after a failure (the caller discards the file)."""
         with contextlib.suppress(Exception):
             self.writer.close()
+        if self.sink is not None:
+            with contextlib.suppress(Exception):
+                self.sink.close()
 
 
 def _batches(records: Iterable) -> Iterator[tuple[int, list]]:
@@ -176,7 +189,7 @@ def write_parquet_file(records: Iterable, path: str, schema: pa.Schema | None = 
 def _write_with_schema(records: Iterable, path: str, schema: pa.Schema) -> int:
     count = 0
     with atomic_output(path, compress=False) as out:
-        groups = _RowGroups(pq.ParquetWriter(out, schema, compression=COMPRESSION))
+        groups = _RowGroups(out, schema, owns_sink=False)  # atomic_output closes it
         try:
             for first, batch in _batches(records):
                 groups.add(_to_table(batch, path, first, schema))
@@ -189,49 +202,68 @@ def _write_with_schema(records: Iterable, path: str, schema: pa.Schema) -> int:
 
 
 def _write_inferred(records: Iterable, path: str) -> int:
-    # Spill segments: each local file has one schema; a batch that needs a wider schema starts a
-    # new segment. The output is then the single segment, or all segments cast to the final schema.
-    spill = tempfile.mkdtemp(prefix="zephyr-parquet-")
-    segments: list[str] = []
-    schema: pa.Schema | None = None
-    groups: _RowGroups | None = None
-    count = 0
-    try:
-        for first, batch in _batches(records):
-            table = _to_table(batch, path, first, None)
-            count += len(batch)
-            widened = table.schema if schema is None else _widen(schema, table.schema, path, first)
-            if groups is None or not widened.equals(schema):
-                if groups is not None:
-                    groups.close()
-                schema = widened
-                segments.append(os.path.join(spill, f"{len(segments)}.parquet"))
-                writer = pq.ParquetWriter(segments[-1], schema, compression=COMPRESSION)
-                groups = _RowGroups(writer)
-            groups.add(_conform(table, schema))
-        if groups is not None:
-            groups.close()
-            groups = None
-        _assemble(segments, schema, path)
-    finally:
-        if groups is not None:
-            groups.abandon()
-        shutil.rmtree(spill, ignore_errors=True)
+    # Segments: each file has one schema; a batch that needs a wider schema starts a new segment.
+    # The output is then the single segment, or all segments cast to the final schema. On local
+    # disk and memory:// segments are hidden temporaries beside the output, so a single one (the
+    # usual case) is simply renamed into place; for object stores they go to local disk and the
+    # output is uploaded once at the end.
+    fs, _ = fsspec.core.url_to_fs(path)
+    with contextlib.ExitStack() as stack:
+        if publishes_on_close(fs):
+            spill = tempfile.mkdtemp(prefix="zephyr-parquet-")
+            stack.callback(shutil.rmtree, spill, ignore_errors=True)
+            spill_fs = fsspec.filesystem("file")
+            new_segment = lambda n: os.path.join(spill, f"{n}.parquet")  # noqa: E731
+        else:
+            spill_fs = fs
+            new_segment = lambda n: stack.enter_context(temporary_beside(path))  # noqa: E731
+        segments: list[str] = []
+        schema: pa.Schema | None = None
+        groups: _RowGroups | None = None
+        count = 0
+        try:
+            for first, batch in _batches(records):
+                table = _to_table(batch, path, first, None)
+                count += len(batch)
+                if schema is None:
+                    widened = table.schema
+                else:
+                    widened = _widen(schema, table.schema, path, first)
+                if groups is None or not widened.equals(schema):
+                    if groups is not None:
+                        groups.close()
+                    schema = widened
+                    segments.append(new_segment(len(segments)))
+                    groups = _RowGroups(spill_fs.open(segments[-1], "wb"), schema)
+                groups.add(_conform(table, schema))
+            if groups is not None:
+                groups.close()
+                groups = None
+        finally:
+            if groups is not None:
+                groups.abandon()
+        if len(segments) == 1 and not publishes_on_close(fs):
+            commit(segments[0], path)
+        else:
+            _assemble(spill_fs, segments, schema, path)
     return count
 
 
-def _assemble(segments: list[str], schema: pa.Schema | None, path: str) -> None:
+def _assemble(
+    spill_fs: fsspec.AbstractFileSystem, segments: list[str], schema: pa.Schema | None, path: str
+) -> None:
     with atomic_output(path, compress=False) as out:
         if len(segments) == 1:
-            with open(segments[0], "rb") as f:
+            with spill_fs.open(segments[0], "rb") as f:
                 shutil.copyfileobj(f, out, 1 << 20)
             return
         writer = pq.ParquetWriter(out, schema or pa.schema([]), compression=COMPRESSION)
         with contextlib.closing(writer):
             for seg in segments:
-                pf = pq.ParquetFile(seg)
-                for i in range(pf.num_row_groups):
-                    writer.write_table(_conform(pf.read_row_group(i), schema))
+                with spill_fs.open(seg, "rb") as f:
+                    pf = pq.ParquetFile(f, pre_buffer=False)
+                    for i in range(pf.num_row_groups):
+                        writer.write_table(_conform(pf.read_row_group(i), schema))
 
 
 def parquet_schema(schema: Any) -> pa.Schema | None:
