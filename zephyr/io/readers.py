@@ -68,7 +68,10 @@ def load_zip_members(path: str, pattern: str = "*") -> Iterator[dict]:
         try:
             archive = zipfile.ZipFile(raw)
         except zipfile.BadZipFile as e:
-            raise ValueError(f"{path}: not a readable zip archive ({e})") from None
+            raise ValueError(
+                f"{path}: not a readable zip archive ({e}); check that the file is complete and "
+                "really a zip"
+            ) from None
         with archive:
             for info in archive.infolist():
                 if info.is_dir() or not fnmatch.fnmatchcase(info.filename, pattern):
