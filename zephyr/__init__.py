@@ -20,7 +20,6 @@ from zephyr.backends.threads import ThreadBackend
 from zephyr.dataset import Dataset
 from zephyr.errors import ZephyrError
 from zephyr.io.jsonl import load_jsonl
-from zephyr.io.parquet import load_parquet
 from zephyr.io.readers import load_file, load_zip_members
 from zephyr.kernels import ShardInfo
 from zephyr.plan import Plan
@@ -56,9 +55,14 @@ if not _logger.handlers:
 
 
 def __getattr__(name: str):
-    # DaskBackend imports distributed; load it on first use so `import zephyr` stays light.
+    # DaskBackend imports distributed and load_parquet pyarrow: both load on first use, so
+    # `import zephyr` stays light (the CLI, and every worker unpickling a user function).
     if name == "DaskBackend":
         from zephyr.backends.dask import DaskBackend
 
         return DaskBackend
+    if name == "load_parquet":  # loads pyarrow
+        from zephyr.io.parquet import load_parquet
+
+        return load_parquet
     raise AttributeError(f"module 'zephyr' has no attribute {name!r}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import time
 import traceback
@@ -556,3 +557,46 @@ def test_bad_argument_messages_name_the_method_and_value():
         ds.reshard(0)
     with pytest.raises(TypeError, match=r"Dataset.map takes a function, got int 3"):
         ds.map(3)
+
+
+class _FailOrRunOn:
+    """Shard 0 fails once shard 1 is running; shard 1 runs on for 3 s, then leaves a marker."""
+
+    def __init__(self, folder: Path):
+        self.started = folder / "sibling-started"
+        self.marker = folder / "sibling-finished"
+
+    def __call__(self, x):
+        if x == 0:
+            deadline = time.monotonic() + 10
+            while not self.started.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            raise ValueError("shard 0 is bad")
+        self.started.touch()
+        time.sleep(3)
+        self.marker.touch()
+        return x
+
+
+def test_thread_backend_waits_for_running_siblings_only_up_to_a_deadline(
+    monkeypatch, caplog, tmp_path
+):
+    """After a failure the ThreadBackend lets running tasks finish (so none is mid-write when the
+    error arrives), but a sibling that runs on is not waited for past the deadline."""
+    import zephyr.backends.threads as threads
+
+    monkeypatch.setattr(threads, "CANCEL_WAIT_SECONDS", 0.5)
+    backend = threads.ThreadBackend(max_parallelism=2)
+    fn = _FailOrRunOn(tmp_path)
+    marker = fn.marker
+    logger = logging.getLogger("zephyr")
+    logger.addHandler(caplog.handler)
+    try:
+        with pytest.raises(ZephyrError, match="shard 0 is bad"):
+            list(Dataset.from_list([0, 1]).map(fn).execute(backend))
+        assert not marker.exists(), "the error waited for the sibling past the deadline"
+    finally:
+        logger.removeHandler(caplog.handler)
+        backend.close()
+    assert marker.exists()  # close() still lets it finish
+    assert "1 cancelled task(s) still running after 0.5 s" in caplog.text

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -231,7 +232,7 @@ def test_skipped_shards_are_reported_in_the_stage_summary(tmp_path, caplog):
     )
     list(ds.execute(SyncBackend()))
     os.remove(tmp_path / "out" / "part-01.jsonl")
-    logger = __import__("logging").getLogger("zephyr")
+    logger = logging.getLogger("zephyr")
     logger.addHandler(caplog.handler)
     try:
         list(ds.execute(SyncBackend()))

@@ -26,6 +26,7 @@ import distributed
 import fsspec
 import pytest
 
+from tests.zephyr.probes import wait_until_idle
 from zephyr import Dataset, ZephyrError, load_jsonl
 from zephyr.backends.dask import DaskBackend
 
@@ -149,13 +150,6 @@ def _delete_elsewhere(path: str) -> None:
     import gcsfs
 
     gcsfs.core.GCSFileSystem(token="anon", skip_instance_cache=True).rm(path)
-
-
-def _wait_idle(client: distributed.Client, timeout: float = 10.0) -> None:
-    """Wait until no task runs anywhere: tasks cancelled after a failure may still be finishing."""
-    deadline = time.monotonic() + timeout
-    while any(client.processing().values()) and time.monotonic() < deadline:
-        time.sleep(0.05)
 
 
 # -- fixtures ------------------------------------------------------------------------------------
@@ -327,7 +321,7 @@ def test_a_failed_shard_publishes_no_object(gcs, gcs_backend, dask_client, raw_s
 
     # Shards cancelled after the failure may still be finishing; an abandoned upload could also be
     # published late, when its file object is garbage-collected on the worker: let both happen.
-    _wait_idle(dask_client)
+    wait_until_idle(gcs_backend)
     dask_client.run(gc.collect)
 
     written = _objects(gcs, out)

@@ -10,6 +10,7 @@ import gzip
 import json
 import zipfile
 
+import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -106,8 +107,7 @@ def test_load_zip_members_reads_from_memory_filesystem():
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         z.writestr("m.txt", b"payload")
-    zephyr_fs = __import__("fsspec").filesystem("memory")
-    zephyr_fs.pipe("/zip-test/a.zip", buf.getvalue())
+    fsspec.filesystem("memory").pipe("/zip-test/a.zip", buf.getvalue())
     assert list(load_zip_members("memory://zip-test/a.zip")) == [
         {"filename": "m.txt", "content": b"payload"}
     ]

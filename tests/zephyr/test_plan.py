@@ -346,17 +346,19 @@ def test_compute_plan_function_matches_the_dataset_method():
 
 
 # -- import boundary -------------------------------------------------------------------------------
-def test_importing_zephyr_does_not_import_dask():
+def test_importing_zephyr_does_not_import_dask_or_pyarrow():
     code = (
         "import sys\n"
         "import zephyr.plan, zephyr.dataset, zephyr\n"
         "from zephyr import Dataset, SyncBackend\n"
         "Dataset.from_list([1, 2]).map(str).compute_plan(SyncBackend()).describe()\n"
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed'))\n"
+        "heavy = sorted(\n"
+        "    m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed', 'pyarrow')\n"
+        ")\n"
         "print(','.join(heavy))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "", f"dask modules imported: {result.stdout.strip()}"
+    assert result.stdout.strip() == "", f"heavy modules imported: {result.stdout.strip()}"

@@ -7,10 +7,12 @@ import os
 import threading
 from typing import Any
 
-from zephyr.backends.base import Backend, BackendConfig
+from zephyr.backends.base import Backend, BackendConfig, logger
 from zephyr.backends.config import make_config
 from zephyr.kernels import run_task
 from zephyr.plan import Stage
+
+CANCEL_WAIT_SECONDS = 60
 
 
 class ThreadBackend(Backend):
@@ -48,11 +50,19 @@ class ThreadBackend(Backend):
         return handle.result()
 
     def _cancel(self, handles: list) -> None:
-        # A thread cannot be interrupted: wait for the running tasks, so that when an error reaches
-        # the caller no task of the run is still writing (each commits or discards its output).
+        # A thread cannot be interrupted: wait (within a deadline) for the running tasks, so that
+        # when an error reaches the caller no task of the run is still writing (each commits or
+        # discards its output).
         for h in handles:
             h.cancel()
-        cf.wait(handles)
+        _, running = cf.wait(handles, timeout=CANCEL_WAIT_SECONDS)
+        if running:
+            logger.warning(
+                "%d cancelled task(s) still running after %g s; not waiting longer (each commits "
+                "or discards its own output when it ends)",
+                len(running),
+                CANCEL_WAIT_SECONDS,
+            )
 
     def close(self) -> None:
         with self._lock:

@@ -1,7 +1,7 @@
-"""Readers, writers, atomic outputs and path templates over fsspec (local, memory://, gs://, s3://)."""
+"""Readers, writers, atomic outputs and path templates over fsspec (local, memory://, gs://,
+s3://). The Parquet functions load pyarrow on first use, so importing zephyr stays light."""
 
 from zephyr.io.jsonl import load_jsonl, write_jsonl_file
-from zephyr.io.parquet import load_parquet, write_parquet_file
 from zephyr.io.paths import render_path
 from zephyr.io.readers import load_file, load_zip_members
 from zephyr.io.writers import write_binary_file
@@ -16,3 +16,11 @@ __all__ = [
     "write_jsonl_file",
     "write_parquet_file",
 ]
+
+
+def __getattr__(name: str):
+    if name in ("load_parquet", "write_parquet_file"):
+        from zephyr.io import parquet
+
+        return getattr(parquet, name)
+    raise AttributeError(f"module 'zephyr.io' has no attribute {name!r}")

@@ -126,8 +126,9 @@ def _object_store_output(
         discard = getattr(raw, "discard", None)
         if discard is not None:
             discard()  # abandons a multi-part/resumable upload already started
-            # A small file is uploaded in one request on close; gcsfs's discard does not stop that
-            # (a later close or __del__ would publish the buffer), so mark the file closed.
+            # fsspec's buffered files upload a small file in one request on close, which discard
+            # does not prevent (gcsfs: a later close or __del__ published the buffer); a file
+            # marked closed uploads nothing.
             raw.closed = True
         else:
             raw.close()

@@ -33,6 +33,7 @@ CHUNK_BYTES = 1 << 20
 _GZIP = (".gz", ".gzip")
 _ZSTD = (".zst", ".zstd")
 _XZ = (".xz",)
+COMPRESSED_EXTENSIONS = _GZIP + _ZSTD + _XZ
 
 
 def compression_of(path: str) -> str | None:

@@ -12,33 +12,29 @@ from typing import Any
 
 import fsspec
 
-from zephyr.io.compression import compression_of
+from zephyr.io.compression import COMPRESSED_EXTENSIONS, compression_of
 from zephyr.io.jsonl import load_jsonl
-from zephyr.io.parquet import load_parquet
 
-_COMPRESSED = (".gz", ".gzip", ".zst", ".zstd", ".xz")
 # Dolma and friends name JSON Lines files `.json.gz`, so `.json` means JSON Lines here.
-_READERS: dict[str, Callable[[str], Iterator[Any]]] = {
-    ".jsonl": load_jsonl,
-    ".ndjson": load_jsonl,
-    ".json": load_jsonl,
-    ".parquet": load_parquet,
-}
+_JSON_LINES = (".jsonl", ".ndjson", ".json")
 
 
 def supported_extensions() -> str:
     """The extensions `load_file` reads, as text for error messages."""
-    return ".jsonl, .ndjson, .json (each optionally + .gz, .zst, .zstd, .xz), .parquet"
+    return (
+        f"{', '.join(_JSON_LINES)} (each optionally + {', '.join(COMPRESSED_EXTENSIONS)}), .parquet"
+    )
 
 
 def _reader_for(path: str) -> Callable[[str], Iterator[Any]]:
     name = str(path).rsplit("/", 1)[-1].lower()
-    base = name
-    if compression_of(name) is not None:
-        base = name[: name.rfind(".")]
-    for ext, reader in _READERS.items():
-        if base.endswith(ext) and not (reader is load_parquet and base != name):
-            return reader
+    if name.endswith(".parquet"):
+        from zephyr.io.parquet import load_parquet  # pyarrow loads only when Parquet is read
+
+        return load_parquet
+    base = name[: name.rfind(".")] if compression_of(name) else name
+    if base.endswith(_JSON_LINES):
+        return load_jsonl
     shown = name[name.find(".") :] if "." in name else "(none)"
     raise ValueError(
         f"{path}: load_file has no reader for extension {shown!r}; supported: "

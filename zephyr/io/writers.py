@@ -4,10 +4,10 @@ binary writer. Every writer commits atomically through `zephyr.io.atomic`."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from zephyr.io.atomic import atomic_output
 from zephyr.io.jsonl import write_jsonl_file
-from zephyr.io.parquet import write_parquet_file
 
 
 def write_binary_file(records: Iterable, path: str) -> int:
@@ -26,7 +26,13 @@ def write_binary_file(records: Iterable, path: str) -> int:
     return count
 
 
-WRITERS = {"jsonl": write_jsonl_file, "parquet": write_parquet_file, "binary": write_binary_file}
+def _write_parquet_file(records: Iterable, path: str, **options: Any) -> int:
+    from zephyr.io.parquet import write_parquet_file  # pyarrow loads only when Parquet is written
+
+    return write_parquet_file(records, path, **options)
+
+
+WRITERS = {"jsonl": write_jsonl_file, "parquet": _write_parquet_file, "binary": write_binary_file}
 
 
 def write_records(fmt: str, records: Iterable, path: str, options: dict) -> int:
