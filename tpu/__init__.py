@@ -1,4 +1,9 @@
-"""tpu: GKE TPU job manifests and launcher behind the fray_dask Cluster API (built in issue #5;
-nothing public yet)."""
+"""tpu: TPU slice types (the table shared with fray_dask.TpuConfig). The GKE manifests and
+launcher come with issue #5.
 
-__all__: list[str] = []
+Imports no Kubernetes client.
+"""
+
+from tpu.topology import TPU_TYPES, TpuTopology, all_topologies, check_topology, get_topology
+
+__all__ = ["TPU_TYPES", "TpuTopology", "all_topologies", "check_topology", "get_topology"]
