@@ -54,6 +54,10 @@ def _open_clients() -> set[int]:
     }
 
 
+# Threads our packages start: zephyr's pools, LocalCluster supervisors, ThreadContext pools.
+_OWN_THREADS = ("zephyr", "fray-local", "fray-task", "fray-actor")
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_threads_or_clients():
     """A test must close the thread pools and Dask clients it starts (shared fixtures excepted)."""
@@ -67,7 +71,7 @@ def no_leaked_threads_or_clients():
         leaked = [
             t.name
             for t in threading.enumerate()
-            if t.ident not in before and t.name.startswith("zephyr") and t.is_alive()
+            if t.ident not in before and t.name.startswith(_OWN_THREADS) and t.is_alive()
         ]
         if not leaked or time.monotonic() > deadline:
             break

@@ -116,7 +116,7 @@ def embedded() -> Connection:
     """The process-wide embedded LocalCluster, started on first use and stopped at exit.
 
     One single-threaded worker process per core on 127.0.0.1, memory split evenly, each advertising
-    CPU=1, MEMORY=<its memory limit> and GPU=<visible GPUs>.
+    CPU=1, MEMORY=<its memory limit>, GPU=<visible GPUs> and NON_PREEMPTIBLE=1.
     """
     global _EMBEDDED
     with _LOCK:
@@ -136,7 +136,14 @@ def embedded() -> Connection:
                 host="127.0.0.1",
                 dashboard_address="127.0.0.1:8787",
                 memory_limit=memory,
-                resources={"CPU": 1, "MEMORY": memory, "GPU": _detect_gpus()},
+                # Local processes are never preempted: fray_dask places non-preemptible jobs and
+                # actors (preemptible=False) only on workers that advertise NON_PREEMPTIBLE.
+                resources={
+                    "CPU": 1,
+                    "MEMORY": memory,
+                    "GPU": _detect_gpus(),
+                    "NON_PREEMPTIBLE": 1,
+                },
                 silence_logs=logging.CRITICAL,  # user errors are reported by the driver
             )
         client = Client(cluster, set_as_default=False)

@@ -1,0 +1,321 @@
+"""The Cluster protocol (launch, poll, monitor, terminate, list_jobs, wait) and the driver-side
+record of a job that every implementation keeps: replica states, retry budgets and log lines.
+
+No Dask import. Implementations decide where a replica runs; the retry and status rules live here
+so that every cluster applies the same ones.
+"""
+
+from __future__ import annotations
+
+import abc
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from fray_dask.process import Outcome
+from fray_dask.secrets import mask, secret_values
+from fray_dask.types import JobFailedError, JobId, JobInfo, JobRequest, JobStatus, TaskInfo
+
+# Log lines a driver keeps per job; older lines are dropped (and counted) past this.
+MAX_LOG_LINES = 100_000
+
+
+def new_job_id(request: JobRequest) -> JobId:
+    return JobId(f"{request.name}-{uuid.uuid4().hex[:8]}")
+
+
+@dataclass
+class _Replica:
+    index: int
+    status: JobStatus = JobStatus.PENDING
+    attempts: int = 0
+    failures: int = 0
+    preemptions: int = 0
+    worker: str | None = None
+    error: str | None = None
+
+    def info(self) -> TaskInfo:
+        return TaskInfo(
+            self.index,
+            self.status,
+            self.attempts,
+            self.failures,
+            self.preemptions,
+            self.worker,
+            self.error,
+        )
+
+
+class JobRecord:
+    """What a driver knows of one job. All mutation happens under `cond`, which is notified on
+    every change so that `wait` and `monitor` wake up."""
+
+    def __init__(self, job_id: JobId, request: JobRequest, replica_count: int):
+        self.job_id = job_id
+        self.request = request
+        self.replicas = [_Replica(i) for i in range(replica_count)]
+        self.status = JobStatus.PENDING
+        self.error: str | None = None
+        self.stop_requested = False
+        self.lines: deque[str] = deque(maxlen=MAX_LOG_LINES)
+        self.lines_total = 0  # every line ever added, including those dropped from `lines`
+        self.cond = threading.Condition()
+        env = request.environment
+        self.secrets = secret_values(env.env_vars) if env is not None else ()
+
+    # -- log lines ------------------------------------------------------------------------
+    def add_lines(self, replica: int, lines: Iterable[str]) -> None:
+        prefix = f"[replica-{replica}] "
+        with self.cond:
+            for line in lines:
+                self.lines.append(prefix + mask(line, self.secrets))
+                self.lines_total += 1
+            self.cond.notify_all()
+
+    def lines_since(self, position: int) -> tuple[list[str], int]:
+        """Lines added after `position` (a count of lines ever added) and the new position."""
+        with self.cond:
+            first_kept = self.lines_total - len(self.lines)
+            start = max(position, first_kept)
+            return list(self.lines)[start - first_kept :], self.lines_total
+
+    # -- replica state --------------------------------------------------------------------
+    def started(self, replica: int, worker: str | None) -> bool:
+        """Marks a replica running; False if the job is being stopped (do not start it)."""
+        with self.cond:
+            r = self.replicas[replica]
+            r.status, r.worker = JobStatus.RUNNING, worker
+            r.attempts += 1
+            self._update()
+            return not self.stop_requested
+
+    def ended(self, replica: int, outcome: Outcome, preempted: bool = False) -> bool:
+        """Records how a replica's run ended; True if it should run again (a retry)."""
+        with self.cond:
+            r = self.replicas[replica]
+            retry = False
+            if self.stop_requested or outcome.status is JobStatus.STOPPED:
+                r.status = JobStatus.STOPPED
+            elif outcome.status is JobStatus.SUCCEEDED:
+                r.status, r.error = JobStatus.SUCCEEDED, None
+            elif preempted:
+                r.preemptions += 1
+                r.error = mask(outcome.error_message or "worker lost", self.secrets)
+                retry = r.preemptions <= self.request.max_retries_preemption
+                if not retry:
+                    r.error = (
+                        f"{r.error} (preempted {r.preemptions} times; max_retries_preemption="
+                        f"{self.request.max_retries_preemption})"
+                    )
+            else:
+                r.failures += 1
+                r.error = mask(outcome.error_message or "failed", self.secrets)
+                retry = r.failures <= self.request.max_retries_failure
+            if retry:
+                r.status = JobStatus.PENDING
+            elif r.status not in (JobStatus.SUCCEEDED, JobStatus.STOPPED):
+                r.status = JobStatus.FAILED
+            self._update()
+            return retry
+
+    def request_stop(self) -> bool:
+        """Marks the job as being stopped; False if it had already finished."""
+        with self.cond:
+            if self.status.finished():
+                return False
+            self.stop_requested = True
+            for r in self.replicas:
+                if r.status is JobStatus.PENDING:
+                    r.status = JobStatus.STOPPED
+            self._update()
+            return True
+
+    def _update(self) -> None:
+        states = [r.status for r in self.replicas]
+        failed = [r for r in self.replicas if r.status is JobStatus.FAILED]
+        if failed and self.error is None:
+            self.error = f"replica {failed[0].index}: {failed[0].error}"
+        if all(s.finished() for s in states):
+            if failed:
+                self.status = JobStatus.FAILED
+            elif all(s is JobStatus.SUCCEEDED for s in states):
+                self.status = JobStatus.SUCCEEDED
+            else:
+                self.status = JobStatus.STOPPED
+        elif failed:
+            self.status = JobStatus.RUNNING  # the rest are being stopped; FAILED once they are
+        elif any(s is JobStatus.RUNNING for s in states) or any(r.attempts for r in self.replicas):
+            self.status = JobStatus.RUNNING
+        else:
+            self.status = JobStatus.PENDING
+        self.cond.notify_all()
+
+    @property
+    def has_failed_replica(self) -> bool:
+        with self.cond:
+            return any(r.status is JobStatus.FAILED for r in self.replicas)
+
+    def info(self) -> JobInfo:
+        with self.cond:
+            return JobInfo(
+                self.job_id,
+                self.status,
+                tuple(r.info() for r in self.replicas),
+                self.request.name,
+                self.error,
+            )
+
+    def wait_finished(self, deadline: float | None) -> bool:
+        with self.cond:
+            while not self.status.finished():
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self.cond.wait(timeout=remaining if remaining is not None else 1.0)
+            return True
+
+
+class Cluster(abc.ABC):
+    """Where jobs run. `launch` returns at once with a JobId; `poll` and `list_jobs` are
+    snapshots; `wait` and `monitor` block until jobs finish; `terminate` stops a job's processes
+    and returns once they are signalled.
+
+    A cluster is also a context manager: leaving it terminates the jobs it still runs.
+    """
+
+    #: The FRAY_CLUSTER_SPEC that jobs launched here see, so that their own launches and
+    #: `fray_job_ctx()` reach the same cluster.
+    spec: str
+
+    def __init__(self) -> None:
+        self._jobs: dict[JobId, JobRecord] = {}
+        self._jobs_lock = threading.Lock()
+        self._warned: set[str] = set()  # request fields this cluster ignores, reported once
+
+    @abc.abstractmethod
+    def launch(self, request: JobRequest) -> JobId:
+        """Starts `request` and returns its id without waiting for it to run."""
+
+    @abc.abstractmethod
+    def _stop(self, record: JobRecord) -> None:
+        """Signals every process of a job being stopped."""
+
+    def close(self) -> None:
+        """Terminates the jobs still running and releases the cluster's resources."""
+        for record in self._records():
+            if not record.status.finished():
+                self.terminate(record.job_id)
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- shared implementation ------------------------------------------------------------
+    def _register(self, record: JobRecord) -> None:
+        with self._jobs_lock:
+            self._jobs[record.job_id] = record
+
+    def _record(self, job_id: JobId | str) -> JobRecord:
+        with self._jobs_lock:
+            record = self._jobs.get(JobId(job_id))
+        if record is None:
+            raise KeyError(
+                f"no job {job_id!r} on this cluster ({type(self).__name__}); job ids come from "
+                "launch() on the same cluster object, see list_jobs()"
+            )
+        return record
+
+    def _records(self) -> list[JobRecord]:
+        with self._jobs_lock:
+            return list(self._jobs.values())
+
+    def poll(self, job_id: JobId) -> JobInfo:
+        """The job's current JobInfo (never blocks)."""
+        return self._record(job_id).info()
+
+    def list_jobs(self) -> list[JobInfo]:
+        """Every job launched through this cluster object, oldest first."""
+        return [r.info() for r in self._records()]
+
+    def logs(self, job_id: JobId) -> list[str]:
+        """The job's log lines so far, each prefixed `[replica-N] ` (the last MAX_LOG_LINES)."""
+        return self._record(job_id).lines_since(0)[0]
+
+    def terminate(self, job_id: JobId) -> None:
+        """Stops the job: its status becomes `stopped` and its processes get SIGTERM (then
+        SIGKILL after a grace period). Does nothing to a finished job."""
+        record = self._record(job_id)
+        if record.request_stop():
+            self._stop(record)
+
+    def monitor(
+        self,
+        job_id: JobId,
+        on_line: Callable[[str], None] | None = None,
+        timeout: float | None = None,
+    ) -> JobInfo:
+        """Streams the job's log lines, from its first, to `on_line` (default: print to stdout)
+        as they arrive; returns the final JobInfo once the job finished and its lines are out.
+
+        Raises TimeoutError after `timeout` seconds if the job is still running.
+        """
+        record = self._record(job_id)
+        emit = on_line or (lambda line: print(line, file=sys.stdout, flush=True))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        position = 0
+        while True:
+            with record.cond:
+                finished = record.status.finished() and self._logs_complete(record)
+                if record.lines_total == position and not finished:
+                    remaining = 1.0 if deadline is None else deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise TimeoutError(self._timeout_message([record], timeout))
+                    record.cond.wait(timeout=min(remaining, 1.0))
+            lines, position = record.lines_since(position)
+            for line in lines:
+                emit(line)
+            if finished and not lines:
+                return record.info()
+
+    def _logs_complete(self, record: JobRecord) -> bool:
+        """Whether every line of a finished job has reached the driver (Dask delivers them apart
+        from the result)."""
+        return True
+
+    def wait(
+        self,
+        job_ids: JobId | Iterable[JobId],
+        raise_on_failure: bool = False,
+        timeout: float | None = None,
+    ) -> JobInfo | list[JobInfo]:
+        """Blocks until the job (or every job of a list) finished; returns its JobInfo (or the
+        list, in order).
+
+        With `raise_on_failure=True`, the first job that failed or was stopped raises
+        JobFailedError carrying its JobInfo and error message. `timeout` (seconds) raises
+        TimeoutError naming the jobs still running.
+        """
+        single = isinstance(job_ids, str)
+        records = [self._record(j) for j in ([job_ids] if single else list(job_ids))]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for record in records:
+            if not record.wait_finished(deadline):
+                raise TimeoutError(self._timeout_message(records, timeout))
+            if raise_on_failure and record.status is not JobStatus.SUCCEEDED:
+                raise JobFailedError(record.info())
+        infos = [r.info() for r in records]
+        return infos[0] if single else infos
+
+    @staticmethod
+    def _timeout_message(records: list[JobRecord], timeout: float | None) -> str:
+        running = [f"{r.job_id} ({r.status.value})" for r in records if not r.status.finished()]
+        return (
+            f"jobs still running after {timeout:g} s: {', '.join(running)}; wait longer, or "
+            "terminate() them"
+        )

@@ -1,0 +1,301 @@
+"""DaskCluster: each replica of a job is a Dask task that holds the job's resources (CPU, MEMORY,
+GPU, TPU) on its worker while the job's own child process runs there.
+
+The task secedes from the worker's thread pool at once, so a waiting job occupies resources, not a
+thread: tasks the job submits itself (fray_job_ctx(), zephyr) can run on the same worker. Log lines
+and start notices travel as Dask events on one topic; outcomes come back as task results.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import threading
+import time
+import weakref
+from typing import Any
+
+import distributed
+from distributed import Client
+
+from fray_dask.cluster import Cluster, JobRecord, new_job_id
+from fray_dask.environment import check_request
+from fray_dask.local import replica_count
+from fray_dask.process import Launch, Outcome, ReplicaProcess, serialize_entrypoint
+from fray_dask.resources import check_satisfiable, dask_resources
+from fray_dask.types import JobId, JobRequest, JobStatus
+
+logger = logging.getLogger("fray_dask")
+
+LOG_TOPIC = "fray-job-events"
+# How long a finished replica's result may wait for its last log lines to arrive.
+LINES_GRACE_SECONDS = 5.0
+
+# -- worker side ------------------------------------------------------------------------------
+# The replica processes running in this worker process, by job id, and the jobs told to stop
+# (so a replica that starts after terminate() does not run).
+_RUNNING: dict[str, set[ReplicaProcess]] = {}
+_STOPPED: collections.deque[str] = collections.deque(maxlen=10_000)
+_WORKER_LOCK = threading.Lock()
+
+# Driver side: the DaskCluster that launched each job, for routing events. A client has one
+# handler per topic, and several DaskCluster objects may share the embedded cluster's client.
+_DRIVERS: dict[str, DaskCluster] = {}
+_SUBSCRIBED: weakref.WeakSet[Client] = weakref.WeakSet()
+_DRIVERS_LOCK = threading.Lock()
+
+
+def _route_event(event: tuple[float, dict[str, Any]]) -> None:
+    """Runs in a client's event loop: hands a worker's event to the cluster that owns its job."""
+    _, msg = event
+    with _DRIVERS_LOCK:
+        cluster = _DRIVERS.get(msg.get("job", ""))
+    if cluster is not None:
+        cluster._on_event(msg)
+
+
+def _run_replica(launch: Launch, attempt: int) -> Outcome:
+    """The Dask task of one replica: announces itself, secedes, runs the child to its end."""
+    worker = distributed.get_worker()
+    ids = {"job": launch.job_id, "replica": launch.replica, "attempt": attempt}
+
+    def send(lines: list[str]) -> None:
+        worker.log_event(LOG_TOPIC, {"kind": "lines", "lines": lines, **ids})
+
+    process = ReplicaProcess(launch, send)
+    with _WORKER_LOCK:
+        if launch.job_id in _STOPPED:
+            return Outcome(JobStatus.STOPPED, "stopped before it started")
+        _RUNNING.setdefault(launch.job_id, set()).add(process)
+    try:
+        worker.log_event(LOG_TOPIC, {"kind": "started", "worker": worker.address, **ids})
+        distributed.secede()
+        return process.run()
+    finally:
+        with _WORKER_LOCK:
+            running = _RUNNING.get(launch.job_id, set())
+            running.discard(process)
+            if not running:
+                _RUNNING.pop(launch.job_id, None)
+
+
+def _kill_job(job_id: str) -> int:
+    """Run on every worker by terminate(): stops the job's processes there; returns how many."""
+    with _WORKER_LOCK:
+        _STOPPED.append(job_id)
+        processes = list(_RUNNING.get(job_id, ()))
+    for process in processes:
+        process.kill()
+    return len(processes)
+
+
+# -- driver side ------------------------------------------------------------------------------
+
+
+def connect(address: str | Client | None, timeout: float) -> tuple[Client, bool]:
+    """A client for `address` (None: the worker's own cluster inside a Dask task, else the
+    embedded LocalCluster shared with zephyr) and whether
+    this cluster owns it. An unreachable scheduler raises ConnectionError within `timeout` s."""
+    if isinstance(address, Client):
+        return address, False
+    if address is None:
+        with contextlib.suppress(ValueError):  # inside a Dask task: that task's own cluster
+            distributed.get_worker()
+            return distributed.get_client(), False
+        from zephyr.backends.connection import embedded
+
+        return embedded().client, False
+    try:
+        return Client(address, timeout=timeout, set_as_default=False), True
+    except (OSError, TimeoutError) as e:
+        raise ConnectionError(
+            f"cannot reach the Dask scheduler at {address!r} within {timeout:g} s "
+            f"({type(e).__name__}); check the address and that `dask scheduler` runs there, or "
+            "use FRAY_CLUSTER_SPEC=dask for an embedded local cluster"
+        ) from None
+
+
+class DaskCluster(Cluster):
+    """Runs jobs on a Dask cluster: `DaskCluster()` starts (or reuses) the embedded LocalCluster,
+    `DaskCluster("tcp://host:8786")` connects to a running scheduler.
+
+    A replica waits in Dask's queue until some worker has its resources free; a request no worker
+    could ever satisfy is refused at launch. A replica whose worker dies is restarted elsewhere up
+    to `max_retries_preemption` times; one that fails, up to `max_retries_failure` times.
+    """
+
+    def __init__(self, address: str | Client | None = None, timeout: float = 10.0):
+        super().__init__()
+        self.client, self._owns_client = connect(address, timeout)
+        self.timeout = timeout
+        self.address = self.client.scheduler.address
+        self.spec = f"dask?address={self.address}"
+        self._futures: dict[tuple[JobId, int], distributed.Future] = {}
+        self._started: dict[tuple[JobId, int], int] = {}  # the attempt last seen starting
+        self._line_counts: collections.Counter[tuple[JobId, int, int]] = collections.Counter()
+        self._lock = threading.Lock()
+        self._workers_cache: tuple[float, list[dict[str, Any]]] = (0.0, [])
+        with _DRIVERS_LOCK:
+            if self.client not in _SUBSCRIBED:
+                _SUBSCRIBED.add(self.client)
+                self.client.subscribe_topic(LOG_TOPIC, _route_event)
+
+    def __repr__(self) -> str:
+        return f"DaskCluster({self.address!r}, jobs={len(self._records())})"
+
+    @property
+    def dashboard_link(self) -> str | None:
+        with contextlib.suppress(Exception):
+            return self.client.dashboard_link
+        return None
+
+    # -- launching --------------------------------------------------------------------------
+    def launch(self, request: JobRequest) -> JobId:
+        resources = dask_resources(request.resources)
+        try:
+            check_satisfiable(request, resources, self._workers)
+        except ValueError:  # the cached list may predate a worker that just joined
+            self._workers_cache = (0.0, [])
+            check_satisfiable(request, resources, self._workers)
+        check_request(request, type(self).__name__, self._warned)
+        payload = serialize_entrypoint(request)
+        count = replica_count(request)
+        record = JobRecord(new_job_id(request), request, count)
+        self._register(record)
+        with _DRIVERS_LOCK:
+            _DRIVERS[record.job_id] = self
+        for index in range(count):
+            launch = Launch(record.job_id, request, payload, index, count, self.spec)
+            self._submit(record, launch, resources, attempt=1)
+        return record.job_id
+
+    def _workers(self) -> list[dict[str, Any]]:
+        """The workers' info, cached for a second (launching 200 jobs asks once), waiting up to
+        `timeout` s for a first worker to join."""
+        stamp, workers = self._workers_cache
+        if workers and time.monotonic() - stamp < 1.0:
+            return workers
+        deadline = time.monotonic() + self.timeout
+        while True:
+            workers = list(self.client.scheduler_info(n_workers=-1).get("workers", {}).values())
+            if workers or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        self._workers_cache = (time.monotonic(), workers)
+        return workers
+
+    def _submit(
+        self, record: JobRecord, launch: Launch, resources: dict[str, float], attempt: int
+    ) -> None:
+        key = f"fray-job-{record.job_id}-replica-{launch.replica}-attempt-{attempt}"
+        future = self.client.submit(
+            _run_replica, launch, attempt, key=key, resources=resources, pure=False, retries=0
+        )
+        with self._lock:
+            self._futures[(record.job_id, launch.replica)] = future
+        future.add_done_callback(
+            lambda f: self._on_done(record, launch, resources, attempt, f),
+        )
+
+    # -- events from workers ----------------------------------------------------------------
+    def _on_event(self, msg: dict[str, Any]) -> None:
+        """Runs in the client's event loop: must only record, never block."""
+        with self._jobs_lock:
+            record = self._jobs.get(JobId(msg["job"]))
+        if record is None:
+            return
+        replica, attempt = msg["replica"], msg["attempt"]
+        if msg["kind"] == "lines":
+            record.add_lines(replica, msg["lines"])
+            with self._lock:
+                self._line_counts[(record.job_id, replica, attempt)] += len(msg["lines"])
+        elif msg["kind"] == "started":
+            with self._lock:
+                seen = self._started.get((record.job_id, replica), 0)
+                self._started[(record.job_id, replica)] = max(seen, attempt)
+            if attempt > seen:
+                record.started(replica, msg["worker"])
+            elif attempt == seen:
+                # The scheduler re-ran this attempt after its worker died
+                # (distributed.scheduler.allowed-failures > 0): a preemption.
+                record.ended(replica, Outcome(JobStatus.FAILED, "worker lost"), preempted=True)
+                record.started(replica, msg["worker"])
+
+    def _on_done(
+        self,
+        record: JobRecord,
+        launch: Launch,
+        resources: dict[str, float],
+        attempt: int,
+        future: distributed.Future,
+    ) -> None:
+        """Runs in Dask's callback thread once a replica's task ended, however it ended."""
+        index = launch.replica
+        preempted = False
+        try:
+            if future.status == "finished":
+                outcome = future.result()
+                self._await_lines(record.job_id, index, attempt, outcome.lines)
+            elif future.status == "cancelled":
+                preempted = not record.stop_requested
+                outcome = Outcome(JobStatus.STOPPED if not preempted else JobStatus.FAILED)
+            else:
+                error = future.exception()
+                preempted = isinstance(error, distributed.KilledWorker)
+                message = "worker lost" if preempted else f"{type(error).__name__}: {error}"
+                outcome = Outcome(JobStatus.FAILED, message)
+        except Exception as e:  # the scheduler went away: the replica's fate is unknown
+            outcome = Outcome(JobStatus.FAILED, f"lost contact with the Dask cluster: {e}")
+        with self._lock:
+            seen = self._started.get((record.job_id, index), 0)
+            self._started[(record.job_id, index)] = max(seen, attempt)
+        if seen < attempt and outcome.status is not JobStatus.STOPPED:
+            record.started(index, None)  # its start notice is still in flight
+        if record.ended(index, outcome, preempted=preempted):
+            with contextlib.suppress(Exception):
+                self._submit(record, launch, resources, attempt + 1)
+                return
+            record.ended(index, Outcome(JobStatus.FAILED, "cannot resubmit: client closed"))
+        with self._lock:
+            self._futures.pop((record.job_id, index), None)
+        if record.has_failed_replica and record.request_stop():
+            self._stop(record)
+        if record.status.finished():
+            with _DRIVERS_LOCK:
+                _DRIVERS.pop(record.job_id, None)
+
+    def _await_lines(self, job_id: JobId, replica: int, attempt: int, expected: int) -> None:
+        deadline = time.monotonic() + LINES_GRACE_SECONDS
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self._line_counts[(job_id, replica, attempt)] >= expected:
+                    del self._line_counts[(job_id, replica, attempt)]
+                    return
+            time.sleep(0.005)
+        logger.warning("job %s replica %d: some log lines did not arrive", job_id, replica)
+
+    # -- stopping ---------------------------------------------------------------------------
+    def _stop(self, record: JobRecord) -> None:
+        """Kills the job's processes on every worker, then cancels replicas not yet started."""
+        with contextlib.suppress(Exception):
+            self.client.run(_kill_job, record.job_id, on_error="ignore")
+        with self._lock:
+            futures = {i: f for (job, i), f in self._futures.items() if job == record.job_id}
+        tasks = record.info().tasks
+        pending = [f for i, f in futures.items() if tasks[i].status is not JobStatus.RUNNING]
+        if pending:
+            with contextlib.suppress(Exception):
+                self.client.cancel(pending)
+
+    def close(self) -> None:
+        """Terminates running jobs; closes the client if this cluster opened it."""
+        super().close()
+        with _DRIVERS_LOCK:
+            for job_id in [j for j, c in _DRIVERS.items() if c is self]:
+                del _DRIVERS[job_id]
+            if self._owns_client:
+                _SUBSCRIBED.discard(self.client)
+        if self._owns_client:
+            with contextlib.suppress(Exception):
+                self.client.close(timeout=10)

@@ -1,0 +1,262 @@
+"""One replica of a job as a child process: its command line and environment, its output read
+line by line, its exit turned into an outcome, and a kill that reaches its whole process group.
+
+No Dask import: the local cluster runs this in the driver, the Dask cluster inside a worker task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import cloudpickle
+
+from fray_dask.environment import job_packages
+from fray_dask.secrets import mask, secret_values
+from fray_dask.types import JobRequest, JobStatus
+
+# A replica's output reaches the driver in batches: whichever comes first of this many lines or
+# this many seconds since the batch began.
+BATCH_LINES = 500
+BATCH_SECONDS = 0.1
+# Longer lines are cut: a progress bar without newlines must not become one unbounded line.
+MAX_LINE_CHARS = 64 * 1024
+# After SIGTERM the replica's process group has this long to exit before SIGKILL.
+KILL_GRACE_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one run of a replica ended: succeeded, failed (with a message) or stopped."""
+
+    status: JobStatus
+    error_message: str | None = None
+    exit_code: int | None = None
+    lines: int = 0
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Everything a replica process needs, picklable as one value: the request (its callable
+    already serialized), the replica's index and the cluster spec the job should see."""
+
+    job_id: str
+    request: JobRequest
+    payload: bytes | None  # cloudpickle((fn, args, kwargs)) for a callable entrypoint
+    replica: int
+    replica_count: int
+    cluster_spec: str
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        env = self.request.environment
+        return secret_values(env.env_vars) if env is not None else ()
+
+
+def serialize_entrypoint(request: JobRequest) -> bytes | None:
+    """cloudpickle of the callable entrypoint and its arguments (None for a binary), so an
+    unpicklable callable fails at launch, in the caller's process, with its name."""
+    ep = request.entrypoint
+    if ep.callable is None:
+        return None
+    try:
+        return cloudpickle.dumps((ep.callable, tuple(ep.args), dict(ep.function_args)))
+    except Exception as e:
+        raise ValueError(
+            f"job {request.name!r}: the entrypoint {ep.description!r} or its arguments cannot be "
+            f"pickled ({type(e).__name__}: {e}); pass picklable arguments (paths, configs) and "
+            "open locks, sockets and clients inside the function"
+        ) from None
+
+
+def _environment(launch: Launch, venv_env: dict[str, str] | None) -> dict[str, str]:
+    env = dict(venv_env if venv_env is not None else os.environ)
+    request_env = launch.request.environment
+    if request_env is not None:
+        env.update(request_env.env_vars)
+    env.update(
+        {
+            "FRAY_CLUSTER_SPEC": launch.cluster_spec,
+            "FRAY_JOB_ID": launch.job_id,
+            "FRAY_JOB_NAME": launch.request.name,
+            "FRAY_REPLICA_ID": str(launch.replica),
+            "FRAY_REPLICA_COUNT": str(launch.replica_count),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+# Resolved here, not in the forked child: importing there could deadlock on a lock held by
+# another thread at fork time.
+_PRCTL = ctypes.CDLL(None).prctl if sys.platform.startswith("linux") else None
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGKILL it when the thread that started it ends, so a
+    job's process dies with its Dask worker or driver instead of running on unsupervised."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+class ReplicaProcess:
+    """Starts one run of a replica and follows it to its end.
+
+    `on_lines(list_of_lines)` receives the merged stdout/stderr in order, secret values masked;
+    `run()` blocks until the process exits and returns its Outcome; `kill()` (from any thread)
+    stops the process group: SIGTERM, then SIGKILL after KILL_GRACE_SECONDS.
+    """
+
+    def __init__(self, launch: Launch, on_lines: Callable[[list[str]], None]):
+        self.launch = launch
+        self.on_lines = on_lines
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._killed = threading.Event()
+        self._lock = threading.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def run(self) -> Outcome:
+        workdir = tempfile.mkdtemp(prefix=f"fray-{self.launch.job_id}-{self.launch.replica}-")
+        try:
+            return self._run(workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def _command(self, workdir: str) -> tuple[list[str], dict[str, str], str | None]:
+        request = self.launch.request
+        environment = request.environment
+        python, venv_env = sys.executable, None
+        packages = job_packages(environment)
+        if environment is not None and packages:
+            from fray_dask.venv import IsolatedVirtualEnv
+
+            # FRAY_VENV_CACHE among the job's env_vars picks where its venvs are cached.
+            cache = environment.env_vars.get("FRAY_VENV_CACHE")
+            venv = IsolatedVirtualEnv(packages, cache_dir=cache).ensure()
+            python, venv_env = venv.python, venv.environ()
+        env = _environment(self.launch, venv_env)
+        cwd = environment.workspace if environment is not None else None
+        if self.launch.payload is None:
+            binary = request.entrypoint.binary or ""
+            if binary in ("python", "python3"):
+                binary = python
+            return [binary, *request.entrypoint.args], env, cwd
+        payload = os.path.join(workdir, "payload.pkl")
+        with open(payload, "wb") as f:
+            f.write(self.launch.payload)
+        result = os.path.join(workdir, "result.pkl")
+        env["FRAY_PARENT_PID"] = str(os.getpid())
+        return [python, "-m", "fray_dask.runner", payload, result], env, cwd
+
+    def _run(self, workdir: str) -> Outcome:
+        secrets = self.launch.secrets
+        try:
+            argv, env, cwd = self._command(workdir)
+        except Exception as e:  # a virtualenv that cannot be built fails the replica
+            return Outcome(JobStatus.FAILED, mask(f"{type(e).__name__}: {e}", secrets))
+        if cwd is not None and not os.path.isdir(cwd):
+            return Outcome(
+                JobStatus.FAILED,
+                f"workspace {cwd!r} is not a directory on {platform.node()}; give a path that "
+                "exists where the job runs",
+            )
+        with self._lock:
+            if self._killed.is_set():
+                return Outcome(JobStatus.STOPPED, "stopped before it started")
+            try:
+                self._proc = subprocess.Popen(
+                    argv,
+                    env=env,
+                    cwd=cwd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # its own process group, so kill() reaches children
+                    # A callable's runner sets this up itself (a preexec_fn costs a full fork).
+                    preexec_fn=_die_with_parent if self.launch.payload is None else None,
+                )
+            except OSError as e:
+                return Outcome(
+                    JobStatus.FAILED,
+                    mask(f"cannot start {argv[0]!r}: {e.strerror or e}", secrets),
+                )
+        lines, last = self._pump(secrets)
+        code = self._proc.wait()
+        if self._killed.is_set():
+            return Outcome(JobStatus.STOPPED, "stopped by terminate()", code, lines)
+        if code == 0:
+            return Outcome(JobStatus.SUCCEEDED, None, code, lines)
+        return Outcome(JobStatus.FAILED, self._error(workdir, code, last), code, lines)
+
+    def _pump(self, secrets: tuple[str, ...]) -> tuple[int, list[str]]:
+        """Reads the output to its end; returns the number of lines and the last few."""
+        assert self._proc is not None and self._proc.stdout is not None
+        batch: list[str] = []
+        tail: list[str] = []
+        count = 0
+        started = time.monotonic()
+        for raw in self._proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")[:MAX_LINE_CHARS]
+            line = mask(line, secrets)
+            batch.append(line)
+            tail = (tail + [line])[-20:]
+            count += 1
+            if len(batch) >= BATCH_LINES or time.monotonic() - started >= BATCH_SECONDS:
+                self.on_lines(batch)
+                batch, started = [], time.monotonic()
+        if batch:
+            self.on_lines(batch)
+        return count, tail
+
+    def _error(self, workdir: str, code: int, tail: list[str]) -> str:
+        secrets = self.launch.secrets
+        result = os.path.join(workdir, "result.pkl")
+        if os.path.exists(result):
+            with contextlib.suppress(Exception), open(result, "rb") as f:
+                kind, *rest = cloudpickle.load(f)
+                if kind == "error":
+                    exc, text = rest
+                    if exc is not None:
+                        return mask(f"{type(exc).__name__}: {exc}", secrets)
+                    return mask(text.strip().splitlines()[-1] if text.strip() else text, secrets)
+        if code < 0:
+            with contextlib.suppress(ValueError):
+                return f"killed by {signal.Signals(-code).name}"
+        last = next((line for line in reversed(tail) if line.strip()), "")
+        detail = f"; last output: {last}" if last else ""
+        return f"exit code {code}{detail}"
+
+    def kill(self, grace: float = KILL_GRACE_SECONDS) -> None:
+        """Stops the replica's process group (or keeps it from starting) and returns at once;
+        SIGKILL follows after `grace` seconds in a background thread if it is still alive."""
+        with self._lock:
+            self._killed.set()
+            proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+
+        def escalate() -> None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=grace)
+                return
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+        threading.Thread(target=escalate, name="fray-kill", daemon=True).start()

@@ -1,0 +1,71 @@
+"""The bootstrap that runs a pickled callable in a child process: `python -m fray_dask.runner
+<payload> <result>`.
+
+The payload file holds cloudpickle((fn, args, kwargs)). The result file receives
+cloudpickle(("ok", value)) or cloudpickle(("error", exception_or_None, traceback_text)); the exit
+code is 0 on success and 1 when the callable raised. Imports only cloudpickle, so it also runs
+inside an isolated virtualenv that overlays the parent environment.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+
+def _write(path: str, payload: bytes) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(payload)
+    os.replace(tmp, path)
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when the thread that started it ends (its Dask worker or
+    driver died). Set here rather than in a preexec_fn, which would make every launch fork the
+    whole worker process instead of using vfork (about 16 ms per job in a 200 MB worker)."""
+    parent = os.environ.pop("FRAY_PARENT_PID", None)
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != int(parent):  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def main(argv: list[str]) -> int:
+    _die_with_parent()
+    import cloudpickle
+
+    payload_path, result_path = argv
+    with open(payload_path, "rb") as f:
+        fn, args, kwargs = cloudpickle.load(f)
+    try:
+        value = fn(*args, **kwargs)
+    except BaseException as e:  # noqa: BLE001 - every failure is reported to the parent
+        text = traceback.format_exc()
+        sys.stderr.write(text)
+        sys.stderr.flush()
+        try:
+            blob = cloudpickle.dumps(("error", e, text))
+        except Exception:  # an exception that cannot be pickled still reports its traceback
+            blob = cloudpickle.dumps(("error", None, text))
+        _write(result_path, blob)
+        return 1
+    try:
+        blob = cloudpickle.dumps(("ok", value))
+    except Exception as e:
+        text = f"the return value of {getattr(fn, '__name__', fn)!r} cannot be pickled: {e!r}"
+        _write(result_path, cloudpickle.dumps(("error", None, text)))
+        return 1
+    _write(result_path, blob)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.stdout.reconfigure(line_buffering=True)
+    sys.stderr.reconfigure(line_buffering=True)
+    sys.exit(main(sys.argv[1:]))
