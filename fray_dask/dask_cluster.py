@@ -22,6 +22,7 @@ from distributed import Client
 from fray_dask.cluster import Cluster, JobRecord, new_job_id
 from fray_dask.environment import check_request
 from fray_dask.local import replica_count
+from fray_dask.placement import Dispatcher, Pending, usage
 from fray_dask.process import Launch, Outcome, ReplicaProcess, serialize_entrypoint
 from fray_dask.resources import check_satisfiable, dask_resources
 from fray_dask.types import JobId, JobRequest, JobStatus
@@ -71,13 +72,28 @@ def _run_replica(launch: Launch, attempt: int) -> Outcome:
     try:
         worker.log_event(LOG_TOPIC, {"kind": "started", "worker": worker.address, **ids})
         distributed.secede()
-        return process.run()
+        outcome = process.run()
+        # The outcome also travels as an event, ahead of the task's end on the same streams, so
+        # the driver need not fetch the result from the worker (a round trip per job).
+        ended = {
+            "kind": "ended",
+            "status": outcome.status.value,
+            "error": outcome.error_message,
+            "exit_code": outcome.exit_code,
+            "lines": outcome.lines,
+        }
+        worker.log_event(LOG_TOPIC, {**ended, **ids})
+        return outcome
     finally:
         with _WORKER_LOCK:
             running = _RUNNING.get(launch.job_id, set())
             running.discard(process)
             if not running:
                 _RUNNING.pop(launch.job_id, None)
+
+
+def _task_key(job_id: str, replica: int, attempt: int) -> str:
+    return f"fray-job-{job_id}-replica-{replica}-attempt-{attempt}"
 
 
 def _kill_job(job_id: str) -> int:
@@ -134,8 +150,10 @@ class DaskCluster(Cluster):
         self._futures: dict[tuple[JobId, int], distributed.Future] = {}
         self._started: dict[tuple[JobId, int], int] = {}  # the attempt last seen starting
         self._line_counts: collections.Counter[tuple[JobId, int, int]] = collections.Counter()
+        self._outcomes: dict[tuple[JobId, int, int], Outcome] = {}
         self._lock = threading.Lock()
         self._workers_cache: tuple[float, list[dict[str, Any]]] = (0.0, [])
+        self._dispatcher = Dispatcher(lambda: self.client.run_on_scheduler(usage, self.client.id))
         with _DRIVERS_LOCK:
             if self.client not in _SUBSCRIBED:
                 _SUBSCRIBED.add(self.client)
@@ -166,7 +184,7 @@ class DaskCluster(Cluster):
         with _DRIVERS_LOCK:
             _DRIVERS[record.job_id] = self
         for index in range(count):
-            launch = Launch(record.job_id, request, payload, index, count, self.spec)
+            launch = Launch.of(record.job_id, request, payload, index, count, self.spec)
             self._submit(record, launch, resources, attempt=1)
         return record.job_id
 
@@ -188,15 +206,28 @@ class DaskCluster(Cluster):
     def _submit(
         self, record: JobRecord, launch: Launch, resources: dict[str, float], attempt: int
     ) -> None:
-        key = f"fray-job-{record.job_id}-replica-{launch.replica}-attempt-{attempt}"
-        future = self.client.submit(
-            _run_replica, launch, attempt, key=key, resources=resources, pure=False, retries=0
-        )
-        with self._lock:
-            self._futures[(record.job_id, launch.replica)] = future
-        future.add_done_callback(
-            lambda f: self._on_done(record, launch, resources, attempt, f),
-        )
+        """Queues a replica; the dispatcher submits it once a worker has `resources` free."""
+
+        def submit(worker: str) -> None:
+            # Pinned loosely: if `worker` is gone by then, Dask may use any worker that fits.
+            future = self.client.submit(
+                _run_replica,
+                launch,
+                attempt,
+                key=key,
+                resources=resources,
+                workers=[worker],
+                allow_other_workers=True,
+                pure=False,
+                retries=0,
+            )
+            with self._lock:
+                self._futures[(record.job_id, launch.replica)] = future
+            future.add_done_callback(lambda f: self._on_done(record, launch, resources, attempt, f))
+
+        key = _task_key(record.job_id, launch.replica, attempt)
+        cancelled = lambda: record.stop_requested  # noqa: E731
+        self._dispatcher.put(Pending(key, resources, submit, cancelled))
 
     # -- events from workers ----------------------------------------------------------------
     def _on_event(self, msg: dict[str, Any]) -> None:
@@ -210,6 +241,15 @@ class DaskCluster(Cluster):
             record.add_lines(replica, msg["lines"])
             with self._lock:
                 self._line_counts[(record.job_id, replica, attempt)] += len(msg["lines"])
+        elif msg["kind"] == "ended":
+            outcome = Outcome(
+                JobStatus(msg["status"]), msg["error"], msg["exit_code"], msg["lines"]
+            )
+            with self._lock:
+                self._outcomes[(record.job_id, replica, attempt)] = outcome
+            # Its process has exited: the next replica may head for this worker now (the task
+            # frees the resources a moment later, before that replica can arrive).
+            self._dispatcher.release(_task_key(record.job_id, replica, attempt))
         elif msg["kind"] == "started":
             with self._lock:
                 seen = self._started.get((record.job_id, replica), 0)
@@ -231,11 +271,15 @@ class DaskCluster(Cluster):
         future: distributed.Future,
     ) -> None:
         """Runs in Dask's callback thread once a replica's task ended, however it ended."""
+        self._dispatcher.release(future.key)  # its resources are free again
         index = launch.replica
         preempted = False
         try:
             if future.status == "finished":
-                outcome = future.result()
+                with self._lock:
+                    outcome = self._outcomes.pop((record.job_id, index, attempt), None)
+                if outcome is None:  # its event did not come first after all
+                    outcome = future.result()
                 self._await_lines(record.job_id, index, attempt, outcome.lines)
             elif future.status == "cancelled":
                 preempted = not record.stop_requested
@@ -291,6 +335,7 @@ class DaskCluster(Cluster):
     def close(self) -> None:
         """Terminates running jobs; closes the client if this cluster opened it."""
         super().close()
+        self._dispatcher.close()
         with _DRIVERS_LOCK:
             for job_id in [j for j, c in _DRIVERS.items() if c is self]:
                 del _DRIVERS[job_id]

@@ -19,6 +19,7 @@ from distributed import Client
 
 from fray_dask.actors import ActorHandle, ActorLostError
 from fray_dask.context import JobContext, fray_job_ctx
+from fray_dask.placement import actor_hosts, fits
 from fray_dask.resources import NON_PREEMPTIBLE
 
 # Seconds an actor may take to be placed and constructed before create_actor gives up.
@@ -265,6 +266,16 @@ class DaskContext(JobContext):
         check_placeable(what, resources, self._workers)
         return resources
 
+    def _actor_worker(self, needed: dict[str, float]) -> str | None:
+        """The worker to host an actor that needs `needed`: of those whose resources fit, the one
+        with the fewest actors (None: let Dask choose). The actor is then pinned there with no
+        resource restriction, so it never queues behind a replica waiting for resources."""
+        if not needed:
+            return None
+        hosts = self.client.run_on_scheduler(actor_hosts)
+        fitting = [addr for addr, (offer, _) in hosts.items() if fits(offer, needed)]
+        return min(fitting, key=lambda a: (hosts[a][1], a)) if fitting else None
+
     def _workers(self) -> list[dict[str, Any]]:
         return list(self.client.scheduler_info(n_workers=-1).get("workers", {}).values())
 
@@ -277,8 +288,10 @@ class DaskContext(JobContext):
         resources: dict[str, float],
     ) -> tuple[DaskActorHandle, distributed.Future]:
         key = f"fray-actor-{name or cls.__name__}-{uuid.uuid4().hex[:8]}"
+        worker = self._actor_worker(resources)
+        placement = {"workers": [worker], "allow_other_workers": False} if worker else {}
         future = self.client.submit(
-            cls, *args, actor=True, key=key, resources=resources or None, pure=False, **kwargs
+            cls, *args, actor=True, key=key, pure=False, **placement, **kwargs
         )
         try:
             actor = future.result(timeout=ACTOR_CREATE_TIMEOUT)

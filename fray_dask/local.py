@@ -40,7 +40,7 @@ class LocalCluster(Cluster):
         record = JobRecord(new_job_id(request), request, count)
         self._register(record)
         for index in range(count):
-            launch = Launch(record.job_id, request, payload, index, count, self.spec)
+            launch = Launch.of(record.job_id, request, payload, index, count, self.spec)
             thread = threading.Thread(
                 target=self._supervise,
                 args=(record, launch),

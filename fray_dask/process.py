@@ -24,7 +24,7 @@ import cloudpickle
 
 from fray_dask.environment import job_packages
 from fray_dask.secrets import mask, secret_values
-from fray_dask.types import JobRequest, JobStatus
+from fray_dask.types import EnvironmentConfig, JobRequest, JobStatus
 
 # A replica's output reaches the driver in batches: whichever comes first of this many lines or
 # this many seconds since the batch began.
@@ -48,19 +48,36 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Launch:
-    """Everything a replica process needs, picklable as one value: the request (its callable
-    already serialized), the replica's index and the cluster spec the job should see."""
+    """Everything one replica's process needs, picklable as one small value: the job's name and
+    environment, the serialized callable (or the binary and its args), the replica's index and
+    the cluster spec the job should see. (Not the request itself: its callable would travel twice.)
+    """
 
     job_id: str
-    request: JobRequest
+    name: str
+    environment: EnvironmentConfig | None
     payload: bytes | None  # cloudpickle((fn, args, kwargs)) for a callable entrypoint
+    binary: str | None
+    args: tuple[str, ...]
     replica: int
     replica_count: int
     cluster_spec: str
 
+    @classmethod
+    def of(
+        cls, job_id: str, request: JobRequest, payload: bytes | None, replica: int, count: int,
+        cluster_spec: str,
+    ) -> Launch:  # fmt: skip
+        ep = request.entrypoint
+        binary, args = (ep.binary, tuple(ep.args)) if ep.callable is None else (None, ())
+        return cls(
+            job_id, request.name, request.environment, payload, binary, args, replica, count,
+            cluster_spec,
+        )  # fmt: skip
+
     @property
     def secrets(self) -> tuple[str, ...]:
-        env = self.request.environment
+        env = self.environment
         return secret_values(env.env_vars) if env is not None else ()
 
 
@@ -82,14 +99,14 @@ def serialize_entrypoint(request: JobRequest) -> bytes | None:
 
 def _environment(launch: Launch, venv_env: dict[str, str] | None) -> dict[str, str]:
     env = dict(venv_env if venv_env is not None else os.environ)
-    request_env = launch.request.environment
+    request_env = launch.environment
     if request_env is not None:
         env.update(request_env.env_vars)
     env.update(
         {
             "FRAY_CLUSTER_SPEC": launch.cluster_spec,
             "FRAY_JOB_ID": launch.job_id,
-            "FRAY_JOB_NAME": launch.request.name,
+            "FRAY_JOB_NAME": launch.name,
             "FRAY_REPLICA_ID": str(launch.replica),
             "FRAY_REPLICA_COUNT": str(launch.replica_count),
             "PYTHONUNBUFFERED": "1",
@@ -138,8 +155,7 @@ class ReplicaProcess:
             shutil.rmtree(workdir, ignore_errors=True)
 
     def _command(self, workdir: str) -> tuple[list[str], dict[str, str], str | None]:
-        request = self.launch.request
-        environment = request.environment
+        environment = self.launch.environment
         python, venv_env = sys.executable, None
         packages = job_packages(environment)
         if environment is not None and packages:
@@ -152,10 +168,10 @@ class ReplicaProcess:
         env = _environment(self.launch, venv_env)
         cwd = environment.workspace if environment is not None else None
         if self.launch.payload is None:
-            binary = request.entrypoint.binary or ""
+            binary = self.launch.binary or ""
             if binary in ("python", "python3"):
                 binary = python
-            return [binary, *request.entrypoint.args], env, cwd
+            return [binary, *self.launch.args], env, cwd
         payload = os.path.join(workdir, "payload.pkl")
         with open(payload, "wb") as f:
             f.write(self.launch.payload)

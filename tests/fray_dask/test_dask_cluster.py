@@ -159,3 +159,34 @@ def test_a_cluster_given_an_address_owns_and_closes_its_client(fray_dask_cluster
     cluster.close()
     assert cluster.client.status == "closed"
     assert os.environ.get("FRAY_CLUSTER_SPEC") is None
+
+
+def test_replicas_go_to_free_workers_and_queued_ones_block_nothing(fray_dask_cluster, tmp_path):
+    """Dask alone would place a second job on a worker whose CPU a seceded first job holds (its
+    placement ignores resources in use), where it would wait, and block resource-restricted work
+    queued behind it. Replicas wait in the driver instead, and go where the resources are free."""
+    from fray_dask import DaskContext
+
+    folders = [tmp_path / f"job-{i}" for i in range(3)]
+    for folder in folders:
+        folder.mkdir()
+    running = []
+    for folder in folders[:2]:
+        running.append(
+            fray_dask_cluster.launch(request("sleep", jobs.sleep_with_pid, str(folder), 300))
+        )
+        wait_for_file(str(folder / "pid-0"))  # each one starts: the second found the free worker
+    workers = {fray_dask_cluster.poll(j).tasks[0].worker for j in running}
+    assert len(workers) == 2
+    queued = fray_dask_cluster.launch(request("queued", jobs.sleep_with_pid, str(folders[2]), 300))
+    time.sleep(0.5)
+    assert fray_dask_cluster.poll(queued).status is JobStatus.PENDING
+    ctx = DaskContext()
+    actor = ctx.create_actor(jobs.Counter, preemptible=False, num_cpus=0)  # not stuck behind it
+    assert ctx.get(actor.incr.remote(), timeout=30) == 1
+    fray_dask_cluster.terminate(running[0])
+    wait_for_file(str(folders[2] / "pid-0"))  # the queued job starts once a CPU is free
+    for job in (running[1], queued):
+        fray_dask_cluster.terminate(job)
+    infos = fray_dask_cluster.wait([*running, queued], timeout=20)
+    assert {i.status for i in infos} == {JobStatus.STOPPED}
