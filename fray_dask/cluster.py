@@ -88,6 +88,8 @@ class JobRecord:
         """Marks a replica running; False if the job is being stopped (do not start it)."""
         with self.cond:
             r = self.replicas[replica]
+            if r.status.finished():  # a late notice for a replica already stopped or failed
+                return False
             r.status, r.worker = JobStatus.RUNNING, worker
             r.attempts += 1
             self._update()
@@ -169,14 +171,25 @@ class JobRecord:
                 self.error,
             )
 
-    def wait_finished(self, deadline: float | None) -> bool:
+    def wait_finished(self, seconds: float) -> bool:
+        """Blocks up to `seconds` for the job to finish; True if it has."""
+        deadline = time.monotonic() + seconds
         with self.cond:
             while not self.status.finished():
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
                     return False
-                self.cond.wait(timeout=remaining if remaining is not None else 1.0)
+                self.cond.wait(timeout=remaining)
             return True
+
+    def fail_unfinished(self, message: str) -> None:
+        """Marks every replica not yet finished as failed with `message` (the driver lost the
+        means to follow them)."""
+        with self.cond:
+            for r in self.replicas:
+                if not r.status.finished():
+                    r.status, r.error = JobStatus.FAILED, message
+            self._update()
 
 
 class Cluster(abc.ABC):
@@ -237,11 +250,17 @@ class Cluster(abc.ABC):
 
     def poll(self, job_id: JobId) -> JobInfo:
         """The job's current JobInfo (never blocks)."""
+        self._check_health()
         return self._record(job_id).info()
 
     def list_jobs(self) -> list[JobInfo]:
         """Every job launched through this cluster object, oldest first."""
+        self._check_health()
         return [r.info() for r in self._records()]
+
+    def _check_health(self) -> None:  # noqa: B027 - a cluster in this process is always reachable
+        """Fails the unfinished jobs if the cluster can no longer report on them (called at
+        least once a second while someone waits)."""
 
     def logs(self, job_id: JobId) -> list[str]:
         """The job's log lines so far, each prefixed `[replica-N] ` (the last MAX_LOG_LINES)."""
@@ -277,6 +296,7 @@ class Cluster(abc.ABC):
                     if remaining <= 0:
                         raise TimeoutError(self._timeout_message([record], timeout))
                     record.cond.wait(timeout=min(remaining, 1.0))
+            self._check_health()
             lines, position = record.lines_since(position)
             for line in lines:
                 emit(line)
@@ -305,8 +325,10 @@ class Cluster(abc.ABC):
         records = [self._record(j) for j in ([job_ids] if single else list(job_ids))]
         deadline = None if timeout is None else time.monotonic() + timeout
         for record in records:
-            if not record.wait_finished(deadline):
-                raise TimeoutError(self._timeout_message(records, timeout))
+            while not record.wait_finished(1.0):
+                self._check_health()
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(self._timeout_message(records, timeout))
             if raise_on_failure and record.status is not JobStatus.SUCCEEDED:
                 raise JobFailedError(record.info())
         infos = [r.info() for r in records]

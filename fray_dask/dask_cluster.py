@@ -151,6 +151,7 @@ class DaskCluster(Cluster):
         self._started: dict[tuple[JobId, int], int] = {}  # the attempt last seen starting
         self._line_counts: collections.Counter[tuple[JobId, int, int]] = collections.Counter()
         self._outcomes: dict[tuple[JobId, int, int], Outcome] = {}
+        self._lost_since: float | None = None
         self._lock = threading.Lock()
         self._workers_cache: tuple[float, list[dict[str, Any]]] = (0.0, [])
         self._dispatcher = Dispatcher(lambda: self.client.run_on_scheduler(usage, self.client.id))
@@ -171,11 +172,12 @@ class DaskCluster(Cluster):
     # -- launching --------------------------------------------------------------------------
     def launch(self, request: JobRequest) -> JobId:
         resources = dask_resources(request.resources)
+        self._require_scheduler()
         try:
             check_satisfiable(request, resources, self._workers)
         except ValueError:  # the cached list may predate a worker that just joined
             self._workers_cache = (0.0, [])
-            check_satisfiable(request, resources, self._workers)
+            check_satisfiable(request, resources, lambda: self._workers(wait=False))
         check_request(request, type(self).__name__, self._warned)
         payload = serialize_entrypoint(request)
         count = replica_count(request)
@@ -188,14 +190,23 @@ class DaskCluster(Cluster):
             self._submit(record, launch, resources, attempt=1)
         return record.job_id
 
-    def _workers(self) -> list[dict[str, Any]]:
+    def _require_scheduler(self) -> None:
+        if self.client.status != "running":
+            raise ConnectionError(
+                f"the Dask scheduler at {self.address} is out of reach (client "
+                f"{self.client.status}); check that `dask scheduler` still runs there, then "
+                "create a new DaskCluster"
+            )
+
+    def _workers(self, wait: bool = True) -> list[dict[str, Any]]:
         """The workers' info, cached for a second (launching 200 jobs asks once), waiting up to
-        `timeout` s for a first worker to join."""
+        `timeout` s for a first worker to join (if `wait`)."""
         stamp, workers = self._workers_cache
         if workers and time.monotonic() - stamp < 1.0:
             return workers
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + (self.timeout if wait else 0)
         while True:
+            self._require_scheduler()
             workers = list(self.client.scheduler_info(n_workers=-1).get("workers", {}).values())
             if workers or time.monotonic() > deadline:
                 break
@@ -226,7 +237,7 @@ class DaskCluster(Cluster):
             future.add_done_callback(lambda f: self._on_done(record, launch, resources, attempt, f))
 
         key = _task_key(record.job_id, launch.replica, attempt)
-        cancelled = lambda: record.stop_requested  # noqa: E731
+        cancelled = lambda: record.stop_requested or record.status.finished()  # noqa: E731
         self._dispatcher.put(Pending(key, resources, submit, cancelled))
 
     # -- events from workers ----------------------------------------------------------------
@@ -234,7 +245,7 @@ class DaskCluster(Cluster):
         """Runs in the client's event loop: must only record, never block."""
         with self._jobs_lock:
             record = self._jobs.get(JobId(msg["job"]))
-        if record is None:
+        if record is None or (record.status.finished() and msg["kind"] != "lines"):
             return
         replica, attempt = msg["replica"], msg["attempt"]
         if msg["kind"] == "lines":
@@ -306,8 +317,16 @@ class DaskCluster(Cluster):
         if record.has_failed_replica and record.request_stop():
             self._stop(record)
         if record.status.finished():
-            with _DRIVERS_LOCK:
-                _DRIVERS.pop(record.job_id, None)
+            self._forget(record.job_id)
+
+    def _forget(self, job_id: JobId) -> None:
+        """Drops a finished job's routing and bookkeeping (its record, logs and info stay)."""
+        with _DRIVERS_LOCK:
+            _DRIVERS.pop(job_id, None)
+        with self._lock:
+            for table in (self._started, self._outcomes, self._line_counts):
+                for key in [k for k in table if k[0] == job_id]:
+                    del table[key]
 
     def _await_lines(self, job_id: JobId, replica: int, attempt: int, expected: int) -> None:
         deadline = time.monotonic() + LINES_GRACE_SECONDS
@@ -318,6 +337,26 @@ class DaskCluster(Cluster):
                     return
             time.sleep(0.005)
         logger.warning("job %s replica %d: some log lines did not arrive", job_id, replica)
+
+    def _check_health(self) -> None:
+        """A scheduler out of reach for `timeout` s fails every unfinished job, instead of
+        leaving waiters blocked on jobs nobody can report on."""
+        if self.client.status == "running":
+            self._lost_since = None
+            return
+        now = time.monotonic()
+        if self._lost_since is None:
+            self._lost_since = now
+        if now - self._lost_since < self.timeout:
+            return
+        message = (
+            f"lost contact with the Dask scheduler at {self.address} (client {self.client.status} "
+            f"for {now - self._lost_since:.0f} s); the job's processes may still run on their "
+            "workers. Check the scheduler, then launch the job again"
+        )
+        for record in self._records():
+            if not record.status.finished():
+                record.fail_unfinished(message)
 
     # -- stopping ---------------------------------------------------------------------------
     def _stop(self, record: JobRecord) -> None:

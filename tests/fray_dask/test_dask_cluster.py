@@ -190,3 +190,43 @@ def test_replicas_go_to_free_workers_and_queued_ones_block_nothing(fray_dask_clu
         fray_dask_cluster.terminate(job)
     infos = fray_dask_cluster.wait([*running, queued], timeout=20)
     assert {i.status for i in infos} == {JobStatus.STOPPED}
+
+
+def test_losing_the_scheduler_fails_running_jobs_instead_of_hanging(tmp_path):
+    """A scheduler process that dies: waiters get a failed JobInfo naming the scheduler after
+    the cluster's timeout, not an endless wait."""
+    import socket
+    import subprocess
+    import sys
+
+    from tests.zephyr.probes import start_dask_worker
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    scheduler = subprocess.Popen(
+        [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+         "--port", str(port), "--no-dashboard"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    worker = None
+    try:
+        cluster = DaskCluster(address, timeout=20)
+        worker = start_dask_worker(address, "--resources", "CPU=1,MEMORY=2e9")
+        job = cluster.launch(request("orphan", jobs.sleep_with_pid, str(tmp_path), 300))
+        wait_for_file(str(tmp_path / "pid-0"))
+        cluster.timeout = 2  # how long the scheduler may be out of reach before jobs fail
+        scheduler.kill()
+        info = cluster.wait(job, timeout=60)
+        assert info.status is JobStatus.FAILED
+        assert f"lost contact with the Dask scheduler at {address}" in info.error_message
+        with pytest.raises(ConnectionError, match=f"the Dask scheduler at {address} is out of"):
+            cluster.launch(request("too-late", jobs.square, 2))
+        cluster.close()
+    finally:
+        scheduler.kill()
+        if worker is not None:
+            worker.kill()
+            worker.wait(timeout=10)
+        scheduler.wait(timeout=10)
