@@ -2,8 +2,9 @@
 GPU, TPU) on its worker while the job's own child process runs there.
 
 The task secedes from the worker's thread pool at once, so a waiting job occupies resources, not a
-thread: tasks the job submits itself (fray_job_ctx(), zephyr) can run on the same worker. Log lines
-and start notices travel as Dask events on one topic; outcomes come back as task results.
+thread: tasks the job submits itself (fray_job_ctx(), zephyr) can run on the same worker. Log
+lines, start notices and outcomes travel as Dask events on one topic (the task's result is only a
+fallback). Where a replica goes is decided by fray_dask.placement, not by Dask.
 """
 
 from __future__ import annotations
@@ -110,9 +111,9 @@ def _kill_job(job_id: str) -> int:
 
 
 def connect(address: str | Client | None, timeout: float) -> tuple[Client, bool]:
-    """A client for `address` (None: the worker's own cluster inside a Dask task, else the
-    embedded LocalCluster shared with zephyr) and whether
-    this cluster owns it. An unreachable scheduler raises ConnectionError within `timeout` s."""
+    """A client for `address` and whether the caller owns it. None means the worker's own
+    cluster inside a Dask task, else the embedded LocalCluster shared with zephyr. An unreachable
+    scheduler raises ConnectionError within `timeout` s."""
     if isinstance(address, Client):
         return address, False
     if address is None:
@@ -136,9 +137,10 @@ class DaskCluster(Cluster):
     """Runs jobs on a Dask cluster: `DaskCluster()` starts (or reuses) the embedded LocalCluster,
     `DaskCluster("tcp://host:8786")` connects to a running scheduler.
 
-    A replica waits in Dask's queue until some worker has its resources free; a request no worker
-    could ever satisfy is refused at launch. A replica whose worker dies is restarted elsewhere up
-    to `max_retries_preemption` times; one that fails, up to `max_retries_failure` times.
+    A replica waits in this driver's queue (fray_dask.placement) until some worker has its
+    resources free; a request no worker could ever satisfy is refused at launch. A replica whose
+    worker dies is restarted elsewhere up to `max_retries_preemption` times; one that fails, up to
+    `max_retries_failure` times. A scheduler out of reach for `timeout` s fails unfinished jobs.
     """
 
     def __init__(self, address: str | Client | None = None, timeout: float = 10.0):

@@ -142,6 +142,7 @@ class ReplicaProcess:
         self._proc: subprocess.Popen[bytes] | None = None
         self._killed = threading.Event()
         self._lock = threading.Lock()
+        self._secrets = launch.secrets
 
     @property
     def pid(self) -> int | None:
@@ -185,6 +186,8 @@ class ReplicaProcess:
             argv, env, cwd = self._command(workdir)
         except Exception as e:  # a virtualenv that cannot be built fails the replica
             return Outcome(JobStatus.FAILED, mask(f"{type(e).__name__}: {e}", secrets))
+        # Also mask secrets the job inherits from this process's environment, not only its own.
+        secrets = self._secrets = secret_values(env)
         if cwd is not None and not os.path.isdir(cwd):
             return Outcome(
                 JobStatus.FAILED,
@@ -240,7 +243,7 @@ class ReplicaProcess:
         return count, tail
 
     def _error(self, workdir: str, code: int, tail: list[str]) -> str:
-        secrets = self.launch.secrets
+        secrets = self._secrets
         result = os.path.join(workdir, "result.pkl")
         if os.path.exists(result):
             with contextlib.suppress(Exception), open(result, "rb") as f:

@@ -250,3 +250,14 @@ def test_unknown_extras_are_refused_and_ignored_fields_are_reported(kind, caplog
     warnings = [r.getMessage() for r in caplog.records if "docker_image" in r.getMessage()]
     assert len(warnings) == 1  # once per cluster, not per job
     assert warnings[0].startswith(f"{type(cluster).__name__} ignores docker_image (job 'img')")
+
+
+def test_secrets_a_job_inherits_from_its_parent_are_masked_too(monkeypatch, tmp_path):
+    from fray_dask import LocalCluster
+
+    monkeypatch.setenv("GITHUB_TOKEN", "ghp_inherited_123")
+    with LocalCluster() as cluster:
+        job = cluster.launch(request("inherit", jobs.leak_secret, "GITHUB_TOKEN"))
+        info = cluster.wait(job)
+    assert "ghp_inherited_123" not in "\n".join(cluster.logs(job)) + repr(info)
+    assert "[replica-0] my token is ***" in cluster.logs(job)
