@@ -1,7 +1,7 @@
 """Which cluster `current_cluster()` returns: one set with `set_current_cluster`, else the one
 named by FRAY_CLUSTER_SPEC, else the embedded Dask cluster.
 
-Specs: `local`, `dask` (embedded LocalCluster), `dask?address=tcp://host:8786[&timeout=10]`.
+Specs: `local`, `dask` (embedded LocalCluster), `dask?address=tcp://host:8786[&timeout=8]`.
 Clusters made from a spec are cached per spec for the life of the process.
 """
 
@@ -45,10 +45,10 @@ def _local(params: dict[str, str]) -> Cluster:
 
 
 def _dask(params: dict[str, str]) -> Cluster:
-    from fray_dask.dask_cluster import DaskCluster
+    from fray_dask.dask_cluster import CONNECT_TIMEOUT, DaskCluster
 
     _no_params("dask", params, ("address", "timeout"))
-    timeout = float(params.get("timeout", 10))
+    timeout = float(params.get("timeout", CONNECT_TIMEOUT))
     return DaskCluster(params.get("address") or None, timeout=timeout)
 
 

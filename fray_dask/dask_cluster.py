@@ -31,6 +31,9 @@ from fray_dask.types import JobId, JobRequest, JobStatus
 logger = logging.getLogger("fray_dask")
 
 LOG_TOPIC = "fray-job-events"
+# Seconds to reach a scheduler (an unreachable one is an error within 10 s, start-up included),
+# and for how long a connected scheduler may be out of reach before unfinished jobs fail.
+CONNECT_TIMEOUT = 8.0
 # How long a finished replica's result may wait for its last log lines to arrive.
 LINES_GRACE_SECONDS = 5.0
 
@@ -125,7 +128,7 @@ def connect(address: str | Client | None, timeout: float) -> tuple[Client, bool]
         return embedded().client, False
     try:
         return Client(address, timeout=timeout, set_as_default=False), True
-    except (OSError, TimeoutError) as e:
+    except Exception as e:  # refused, timed out, or something else answered the port
         raise ConnectionError(
             f"cannot reach the Dask scheduler at {address!r} within {timeout:g} s "
             f"({type(e).__name__}); check the address and that `dask scheduler` runs there, or "
@@ -143,7 +146,7 @@ class DaskCluster(Cluster):
     `max_retries_failure` times. A scheduler out of reach for `timeout` s fails unfinished jobs.
     """
 
-    def __init__(self, address: str | Client | None = None, timeout: float = 10.0):
+    def __init__(self, address: str | Client | None = None, timeout: float = CONNECT_TIMEOUT):
         super().__init__()
         self.client, self._owns_client = connect(address, timeout)
         self.timeout = timeout

@@ -158,9 +158,10 @@ class DaskContext(JobContext):
     """Tasks and actors on a Dask cluster: `DaskContext()` uses the embedded cluster,
     `DaskContext("tcp://host:8786")` a running scheduler, `DaskContext(client)` a client."""
 
-    def __init__(self, address: str | Client | None = None, timeout: float = 10.0):
-        from fray_dask.dask_cluster import connect
+    def __init__(self, address: str | Client | None = None, timeout: float | None = None):
+        from fray_dask.dask_cluster import CONNECT_TIMEOUT, connect
 
+        timeout = CONNECT_TIMEOUT if timeout is None else timeout
         self.client, self._owns_client = connect(address, timeout)
 
     def __repr__(self) -> str:

@@ -6,12 +6,15 @@ by CPU, memory and GPU.
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from fray_dask.cluster import Cluster, JobRecord, new_job_id
 from fray_dask.environment import check_request
 from fray_dask.process import Launch, Outcome, ReplicaProcess, serialize_entrypoint
 from fray_dask.types import JobId, JobRequest, JobStatus
+
+logger = logging.getLogger("fray_dask")
 
 
 class LocalCluster(Cluster):
@@ -35,6 +38,16 @@ class LocalCluster(Cluster):
 
     def launch(self, request: JobRequest) -> JobId:
         check_request(request, type(self).__name__, self._warned)
+        device = request.resources.device
+        if device.kind in ("gpu", "tpu") and device.kind not in self._warned:
+            self._warned.add(device.kind)
+            logger.warning(
+                "LocalCluster does not reserve devices: job %r asks for %s and runs as %d plain "
+                "process(es) on this machine with whatever devices it has",
+                request.name,
+                device,
+                replica_count(request),
+            )
         payload = serialize_entrypoint(request)
         count = replica_count(request)
         record = JobRecord(new_job_id(request), request, count)
