@@ -6,10 +6,12 @@ No Dask import: the local cluster runs this in the driver, the Dask cluster insi
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import os
 import platform
+import select
 import shutil
 import signal
 import subprocess
@@ -26,9 +28,10 @@ from fray_dask.environment import job_packages
 from fray_dask.secrets import mask, secret_values
 from fray_dask.types import EnvironmentConfig, JobRequest, JobStatus
 
-# A replica's output reaches the driver in batches: whichever comes first of this many lines or
-# this many seconds since the batch began.
+# A replica's output reaches the driver in batches: whichever comes first of this many lines,
+# this many characters, or this many seconds since the batch began.
 BATCH_LINES = 500
+BATCH_CHARS = 1 << 20
 BATCH_SECONDS = 0.1
 # Longer lines are cut: a progress bar without newlines must not become one unbounded line.
 MAX_LINE_CHARS = 64 * 1024
@@ -223,24 +226,50 @@ class ReplicaProcess:
         return Outcome(JobStatus.FAILED, self._error(workdir, code, last), code, lines)
 
     def _pump(self, secrets: tuple[str, ...]) -> tuple[int, list[str]]:
-        """Reads the output to its end; returns the number of lines and the last few."""
+        """Reads the output to its end; returns the number of lines and the last few.
+
+        Lines go out in batches (BATCH_LINES, or whatever came within BATCH_SECONDS), and a
+        batch is flushed after BATCH_SECONDS of silence, so a line printed just before a long
+        quiet spell is not held back. A line longer than MAX_LINE_CHARS (a progress bar that
+        only writes carriage returns) is cut into pieces.
+        """
         assert self._proc is not None and self._proc.stdout is not None
+        fd = self._proc.stdout.fileno()
         batch: list[str] = []
-        tail: list[str] = []
-        count = 0
-        started = time.monotonic()
-        for raw in self._proc.stdout:
-            line = raw.decode("utf-8", "replace").rstrip("\r\n")[:MAX_LINE_CHARS]
-            line = mask(line, secrets)
+        tail: collections.deque[str] = collections.deque(maxlen=20)
+        count = chars = 0
+        pending = b""
+        flushed = time.monotonic()
+
+        def add(raw: bytes) -> None:
+            nonlocal count, chars
+            line = mask(raw.decode("utf-8", "replace").rstrip("\r"), secrets)
             batch.append(line)
-            tail = (tail + [line])[-20:]
+            tail.append(line)
             count += 1
-            if len(batch) >= BATCH_LINES or time.monotonic() - started >= BATCH_SECONDS:
+            chars += len(line)
+
+        while True:
+            ready, _, _ = select.select([fd], [], [], BATCH_SECONDS)
+            if ready:
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    break
+                *lines, pending = (pending + chunk).split(b"\n")
+                for raw in lines:
+                    add(raw)
+                while len(pending) > MAX_LINE_CHARS:
+                    add(pending[:MAX_LINE_CHARS])
+                    pending = pending[MAX_LINE_CHARS:]
+            full = len(batch) >= BATCH_LINES or chars >= BATCH_CHARS
+            if batch and (not ready or full or time.monotonic() - flushed >= BATCH_SECONDS):
                 self.on_lines(batch)
-                batch, started = [], time.monotonic()
+                batch, chars, flushed = [], 0, time.monotonic()
+        if pending:
+            add(pending)
         if batch:
             self.on_lines(batch)
-        return count, tail
+        return count, list(tail)
 
     def _error(self, workdir: str, code: int, tail: list[str]) -> str:
         secrets = self._secrets

@@ -52,10 +52,13 @@ def sleep_with_pid(folder: str, seconds: float) -> None:
     time.sleep(seconds)
 
 
-def print_slowly(lines: int, pause: float) -> None:
-    for i in range(lines):
-        print(f"line {i}", flush=True)
-        time.sleep(pause)
+def print_burst_then_pause(pause: float) -> None:
+    """Two lines at once, a quiet spell, a last line; then a long line without a newline."""
+    print("line 0", flush=True)
+    print("line 1", flush=True)
+    time.sleep(pause)
+    print("line 2", flush=True)
+    sys.stdout.write("x" * 100_000)
 
 
 def hold_probe(probe, seconds: float) -> None:

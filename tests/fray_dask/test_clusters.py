@@ -166,13 +166,17 @@ def test_binary_entrypoints_run_with_their_args_and_exit_codes(cluster):
 
 
 def test_monitor_streams_lines_while_the_job_runs(cluster):
-    job = cluster.launch(request("chatty", jobs.print_slowly, 3, 0.5))
+    job = cluster.launch(request("chatty", jobs.print_burst_then_pause, 2.0))
     arrivals: list[tuple[float, str]] = []
     info = cluster.monitor(job, on_line=lambda line: arrivals.append((time.monotonic(), line)))
     finished = time.monotonic()
     assert info.status is JobStatus.SUCCEEDED
-    assert [line for _, line in arrivals] == [f"[replica-0] line {i}" for i in range(3)]
-    assert arrivals[0][0] < finished - 0.5  # the first line came out before the job ended
+    lines = [line for _, line in arrivals]
+    assert lines[:3] == [f"[replica-0] line {i}" for i in range(3)]
+    # The second line of a burst is not held back until the job prints again or ends.
+    assert arrivals[1][0] < finished - 1.0
+    # Output without a newline still arrives, cut into 64 KiB pieces.
+    assert "".join(line.removeprefix("[replica-0] ") for line in lines[3:]) == "x" * 100_000
 
 
 def test_wait_takes_lists_and_a_deadline(cluster, tmp_path):
