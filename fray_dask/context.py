@@ -214,11 +214,11 @@ def _context_for_spec(spec: str) -> JobContext:
 
     scheme, params = parse_spec(spec)
     if scheme == "dask":
+        from fray_dask.current import _address, _timeout
         from fray_dask.dask_cluster import CONNECT_TIMEOUT
         from fray_dask.dask_context import DaskContext
 
-        timeout = float(params.get("timeout", CONNECT_TIMEOUT))
-        return DaskContext(params.get("address") or None, timeout)
+        return DaskContext(_address(params), _timeout(params, CONNECT_TIMEOUT))
     if scheme == "local":
         return ThreadContext()
     cluster_from_spec(spec)  # raises for an unknown spec, listing the valid ones

@@ -48,8 +48,34 @@ def _dask(params: dict[str, str]) -> Cluster:
     from fray_dask.dask_cluster import CONNECT_TIMEOUT, DaskCluster
 
     _no_params("dask", params, ("address", "timeout"))
-    timeout = float(params.get("timeout", CONNECT_TIMEOUT))
-    return DaskCluster(params.get("address") or None, timeout=timeout)
+    return DaskCluster(_address(params), timeout=_timeout(params, CONNECT_TIMEOUT))
+
+
+def _address(params: dict[str, str]) -> str | None:
+    """The `address` of a dask spec (None: the embedded cluster); an empty one is an error."""
+    if "address" not in params:
+        return None
+    if not params["address"].strip():
+        raise ValueError(
+            "cluster spec 'dask?address=' has an empty address; write "
+            "dask?address=tcp://host:8786, or just dask for the embedded cluster"
+        )
+    return params["address"].strip()
+
+
+def _timeout(params: dict[str, str], default: float) -> float:
+    text = params.get("timeout")
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise ValueError(
+            f"cluster spec timeout={text!r} is not a number of seconds > 0; write e.g. timeout=30"
+        )
+    return value
 
 
 def _no_params(scheme: str, params: dict[str, str], allowed: tuple[str, ...]) -> None:

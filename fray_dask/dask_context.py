@@ -11,10 +11,11 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import distributed
+import distributed.worker
 from distributed import Client
 
 from fray_dask.actors import ActorHandle, ActorLostError
@@ -26,6 +27,32 @@ from fray_dask.resources import NON_PREEMPTIBLE
 ACTOR_CREATE_TIMEOUT = 60.0
 # While a call waits, the actor's worker is checked for liveness this often.
 LIVENESS_SECONDS = 1.0
+
+
+_LOCAL = threading.local()
+
+
+@contextlib.contextmanager
+def _off_the_thread_pool() -> Iterator[None]:
+    """Inside a Dask task, leaves the worker's thread pool while blocking (as
+    `distributed.worker_client` does) and rejoins after. Otherwise tasks waiting on other tasks
+    (an actor being created, nested `run`s) could hold every thread the awaited work needs."""
+    state = distributed.worker.thread_state
+    in_task = getattr(state, "key", None) is not None and not getattr(state, "actor", False)
+    if not in_task or getattr(_LOCAL, "seceded", False):
+        yield
+        return
+    try:
+        distributed.secede()
+    except KeyError:  # this task has already seceded
+        yield
+        return
+    _LOCAL.seceded = True
+    try:
+        yield
+    finally:
+        _LOCAL.seceded = False
+        distributed.rejoin()
 
 
 class ActorCall:
@@ -41,6 +68,10 @@ class ActorCall:
         return self._future.done()
 
     def result(self, timeout: float | None = None) -> Any:
+        with _off_the_thread_pool():
+            return self._result(timeout)
+
+    def _result(self, timeout: float | None) -> Any:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             step = LIVENESS_SECONDS
@@ -177,9 +208,18 @@ class DaskContext(JobContext):
         return self.client.submit(_call, fn, args, kwargs, key=key, pure=False)
 
     def get(self, ref: Any, timeout: float | None = None) -> Any:
-        if isinstance(ref, list | tuple) and all(isinstance(r, distributed.Future) for r in ref):
-            return self.client.gather(list(ref))
-        return super().get(ref, timeout)
+        with _off_the_thread_pool():
+            if isinstance(ref, list | tuple) and ref:
+                if all(isinstance(r, distributed.Future) for r in ref):
+                    if timeout is not None:
+                        _, pending = self.wait(list(ref), num_returns=len(ref), timeout=timeout)
+                        if pending:
+                            raise TimeoutError(
+                                f"{len(pending)} of {len(ref)} futures not done within "
+                                f"{timeout:g} s"
+                            )
+                    return self.client.gather(list(ref))
+            return super().get(ref, timeout)
 
     def _result(self, ref: Any, timeout: float | None) -> Any:
         if isinstance(ref, distributed.Future | ActorCall):
@@ -189,7 +229,12 @@ class DaskContext(JobContext):
     def wait(
         self, futures: Sequence[Any], num_returns: int = 1, timeout: float | None = None
     ) -> tuple[list[Any], list[Any]]:
-        futures = list(futures)
+        with _off_the_thread_pool():
+            return self._wait(list(futures), num_returns, timeout)
+
+    def _wait(
+        self, futures: list[Any], num_returns: int, timeout: float | None
+    ) -> tuple[list[Any], list[Any]]:
         if not all(isinstance(f, distributed.Future) for f in futures):
             return super().wait(futures, num_returns, timeout)
         if not 0 <= num_returns <= len(futures):
@@ -222,6 +267,19 @@ class DaskContext(JobContext):
         preemptible: bool = True,
         num_cpus: float | None = None,
         **kwargs: Any,
+    ) -> ActorHandle:
+        with _off_the_thread_pool():
+            return self._create_actor(cls, args, kwargs, name, get_if_exists, preemptible, num_cpus)
+
+    def _create_actor(
+        self,
+        cls: type,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        name: str | None,
+        get_if_exists: bool,
+        preemptible: bool,
+        num_cpus: float | None,
     ) -> ActorHandle:
         resources = self._actor_resources(cls, name, preemptible, num_cpus)
         if name is None:

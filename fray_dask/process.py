@@ -219,6 +219,9 @@ class ReplicaProcess:
                 )
         lines, last = self._pump(secrets)
         code = self._proc.wait()
+        # Processes the job started and left behind (daemons, a shell's background jobs) would
+        # run on unaccounted; the job is over, so its whole process group goes.
+        _stop_group(self._proc.pid, KILL_GRACE_SECONDS)
         if self._killed.is_set():
             return Outcome(JobStatus.STOPPED, "stopped by terminate()", code, lines)
         if code == 0:
@@ -249,8 +252,13 @@ class ReplicaProcess:
             count += 1
             chars += len(line)
 
+        exited_at = None
         while True:
             ready, _, _ = select.select([fd], [], [], BATCH_SECONDS)
+            if exited_at is None and self._proc.poll() is not None:
+                exited_at = time.monotonic()
+            if exited_at is not None and (not ready or time.monotonic() - exited_at > 1.0):
+                break  # a process it left behind may hold the pipe open: stop reading at its exit
             if ready:
                 chunk = os.read(fd, 1 << 16)
                 if not chunk:
@@ -265,8 +273,9 @@ class ReplicaProcess:
             if batch and (not ready or full or time.monotonic() - flushed >= BATCH_SECONDS):
                 self.on_lines(batch)
                 batch, chars, flushed = [], 0, time.monotonic()
-        if pending:
-            add(pending)
+        while pending:
+            add(pending[:MAX_LINE_CHARS])
+            pending = pending[MAX_LINE_CHARS:]
         if batch:
             self.on_lines(batch)
         return count, list(tail)
@@ -295,16 +304,27 @@ class ReplicaProcess:
         with self._lock:
             self._killed.set()
             proc = self._proc
-        if proc is None or proc.poll() is not None:
-            return
+        if proc is not None:  # also when it exited: processes it started may still run
+            _stop_group(proc.pid, grace)
+
+
+def _stop_group(pgid: int, grace: float) -> None:
+    """SIGTERM to a process group, SIGKILL `grace` s later (from a daemon thread) to whatever is
+    left of it; returns at once. Does nothing to a group that is already gone."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return
+
+    def escalate() -> None:
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except (ProcessLookupError, PermissionError):
+                return  # everyone left
+            time.sleep(0.05)
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGTERM)
+            os.killpg(pgid, signal.SIGKILL)
 
-        def escalate() -> None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=grace)
-                return
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-
-        threading.Thread(target=escalate, name="fray-kill", daemon=True).start()
+    threading.Thread(target=escalate, name="fray-kill", daemon=True).start()

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import InitVar, dataclass, field
 from typing import Any, NewType
 
-from fray_dask.secrets import masked_env
+from fray_dask.secrets import mask, masked_env, secret_values
 from fray_dask.sizes import parse_size
 from tpu.topology import TpuTopology, check_topology
 
@@ -324,12 +324,12 @@ class Entrypoint:
         kwargs: Mapping[str, Any] | None = None,
     ) -> Entrypoint:
         """Run `fn(*args, **kwargs)`."""
-        return cls(callable=fn, args=tuple(args), function_args=dict(kwargs or {}))
+        return cls(callable=fn, args=_sequence(args), function_args=dict(kwargs or {}))
 
     @classmethod
     def from_binary(cls, command: str, args: Sequence[str] = ()) -> Entrypoint:
         """Run the program `command` with `args`."""
-        return cls(binary=command, args=tuple(args))
+        return cls(binary=command, args=_sequence(args))
 
     @property
     def description(self) -> str:
@@ -342,10 +342,15 @@ class Entrypoint:
         return shlex.join([self.binary or "", *self.args])
 
 
+def _sequence(args: Any) -> Any:
+    """`args` as a tuple, except a string, which __post_init__ refuses with a hint."""
+    return args if isinstance(args, str) else tuple(args)
+
+
 # -- jobs -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class JobRequest:
     """A job to launch: `name` (letters, digits, `.`, `_`, `-`; no spaces), the `entrypoint`, the
     `resources` of each replica and its `environment`.
@@ -388,6 +393,12 @@ class JobRequest:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"JobRequest {name} must be a whole number >= 0, got {value!r}")
+
+    def __repr__(self) -> str:
+        # A secret's value is masked wherever it shows: also in arguments, commands and URLs.
+        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
+        env = self.environment
+        return mask(f"JobRequest({shown})", secret_values(env.env_vars) if env else ())
 
 
 class JobStatus(enum.StrEnum):

@@ -221,3 +221,14 @@ def train_worker(expected: int) -> None:
 def train_lm_main(config: dict) -> None:
     """Stands in for levanter's train_lm.main(config)."""
     print(f"training {config['model']} for {config['steps']} steps on {os.environ['DATA_PATH']}")
+
+
+def spawn_grandchild(folder: str) -> None:
+    """Starts a process that outlives this one (holding the output pipe), records its pid, exits."""
+    import subprocess
+
+    child = subprocess.Popen(["sleep", "300"])
+    with open(os.path.join(folder, "grandchild.tmp"), "w") as f:
+        f.write(str(child.pid))
+    os.replace(os.path.join(folder, "grandchild.tmp"), os.path.join(folder, "grandchild"))
+    print("started a grandchild and left")

@@ -265,3 +265,17 @@ def test_secrets_a_job_inherits_from_its_parent_are_masked_too(monkeypatch, tmp_
         info = cluster.wait(job)
     assert "ghp_inherited_123" not in "\n".join(cluster.logs(job)) + repr(info)
     assert "[replica-0] my token is ***" in cluster.logs(job)
+
+
+def test_a_job_ends_when_its_process_exits_and_takes_its_leftovers_along(cluster, tmp_path):
+    """A process the job started and left running holds the output pipe open; the job still
+    succeeds when its own process exits, and the leftover is stopped with it."""
+    job = cluster.launch(request("leaves-a-child", jobs.spawn_grandchild, str(tmp_path)))
+    info = cluster.wait(job, timeout=30)
+    assert info.status is JobStatus.SUCCEEDED
+    assert "[replica-0] started a grandchild and left" in cluster.logs(job)
+    grandchild = int(wait_for_file(str(tmp_path / "grandchild")))
+    deadline = time.monotonic() + 10
+    while pid_alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pid_alive(grandchild)

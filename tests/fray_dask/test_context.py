@@ -225,3 +225,22 @@ def test_calls_to_an_actor_whose_worker_died_raise_actor_lost(private_dask):
         assert ctx.get(again.incr.remote()) == 1  # a new instance; the old state is gone
     finally:
         ctx.close()
+
+
+@pytest.mark.dask
+def test_tasks_that_wait_on_other_work_leave_the_thread_pool(dask_backend):
+    """Four tasks on two single-threaded workers all create (or find) one named actor and call
+    it: a task waiting for the actor's creation must not hold the thread the creation needs."""
+    ctx = DaskContext()
+    name = unique("from-tasks")
+    ids = ctx.get([ctx.run(_find_shared, name) for _ in range(4)], timeout=60)
+    assert len(set(ids)) == 1
+    ctx.create_actor(jobs.Counter, name=name, get_if_exists=True).kill()
+    nested = ctx.get([ctx.run(jobs.run_nested, i) for i in range(4)], timeout=60)
+    assert nested == [0, 1, 4, 9]
+
+
+def _find_shared(name):
+    ctx = fray_job_ctx()
+    handle = ctx.create_actor(jobs.Counter, name=name, get_if_exists=True)
+    return ctx.get(handle.pid.remote())

@@ -60,3 +60,17 @@ def test_set_current_cluster_wins_over_the_environment(monkeypatch):
         with set_current_cluster("local"):
             pass
     assert issubclass(LocalCluster, Cluster)
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("dask?address=", "has an empty address"),
+        ("dask?address=notaurl", "'notaurl' is not a Dask scheduler address"),
+        ("dask?address=tcp://h:1&timeout=abc", "timeout='abc' is not a number of seconds > 0"),
+        ("dask?timeout=0", "timeout='0' is not a number"),
+    ],
+)
+def test_malformed_dask_specs_fail_at_once(spec, match):
+    with pytest.raises(ValueError, match=match):
+        cluster_from_spec(spec)

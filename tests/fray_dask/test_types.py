@@ -261,3 +261,19 @@ def test_extras_resolve_to_this_projects_optional_requirements():
     assert any(p.startswith("jax") for p in packages)
     assert any(p.startswith("kubernetes") for p in packages)
     assert job_packages(None) == () and job_packages(create_environment()) == ()
+
+
+def test_a_request_masks_its_secrets_wherever_they_appear_in_its_repr():
+    env = create_environment(env_vars={"HF_TOKEN": "hf_zz9_secret"})
+    cmd = Entrypoint.from_binary("git", ["clone", "https://hf_zz9_secret@hf.co/org/model"])
+    fn = Entrypoint.from_callable(noop, kwargs={"token": "hf_zz9_secret"})
+    for entrypoint in (cmd, fn):
+        text = repr(JobRequest(name="dl", entrypoint=entrypoint, environment=env))
+        assert "hf_zz9_secret" not in text and "***" in text
+
+
+def test_argument_lists_given_as_one_string_are_refused():
+    with pytest.raises(ValueError, match=r"write args=\['-l'\]"):
+        Entrypoint.from_binary("ls", "-l")
+    with pytest.raises(ValueError, match="args must be a list"):
+        Entrypoint.from_callable(noop, "abc")
