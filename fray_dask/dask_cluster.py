@@ -1,8 +1,9 @@
 """DaskCluster: each replica of a job is a Dask task that holds the job's resources (CPU, MEMORY,
 GPU, TPU) on its worker while the job's own child process runs there.
 
-The task secedes from the worker's thread pool at once, so a waiting job occupies resources, not a
-thread: tasks the job submits itself (fray_job_ctx(), zephyr) can run on the same worker. Log
+A task running for more than a second secedes from the worker's thread pool, so a job occupies
+resources, not a thread: tasks the job submits itself (fray_job_ctx(), zephyr) can run on the same
+worker. Log
 lines, start notices and outcomes travel as Dask events on one topic (the task's result is only a
 fallback). Where a replica goes is decided by fray_dask.placement, not by Dask.
 """
@@ -68,14 +69,16 @@ def _run_replica(launch: Launch, attempt: int) -> Outcome:
     def send(lines: list[str]) -> None:
         worker.log_event(LOG_TOPIC, {"kind": "lines", "lines": lines, **ids})
 
-    process = ReplicaProcess(launch, send)
+    # A replica that runs for more than a second leaves the worker's thread pool (it keeps its
+    # resources), so tasks the job submits itself find a thread; until then they wait at most a
+    # second. Seceding at once would cost every short job extra scheduler work.
+    process = ReplicaProcess(launch, send, on_long=distributed.secede, long_after=1.0)
     with _WORKER_LOCK:
         if launch.job_id in _STOPPED:
             return Outcome(JobStatus.STOPPED, "stopped before it started")
         _RUNNING.setdefault(launch.job_id, set()).add(process)
     try:
         worker.log_event(LOG_TOPIC, {"kind": "started", "worker": worker.address, **ids})
-        distributed.secede()
         outcome = process.run()
         # The outcome also travels as an event, ahead of the task's end on the same streams, so
         # the driver need not fetch the result from the worker (a round trip per job).

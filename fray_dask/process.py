@@ -124,6 +124,12 @@ _PRCTL = ctypes.CDLL(None).prctl if sys.platform.startswith("linux") else None
 _PR_SET_PDEATHSIG = 1
 
 
+def _close(fds: tuple[int, int] | None) -> None:
+    for fd in fds or ():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
 def _die_with_parent() -> None:
     """In the child before exec (Linux): SIGKILL it when the thread that started it ends, so a
     job's process dies with its Dask worker or driver instead of running on unsupervised."""
@@ -136,12 +142,22 @@ class ReplicaProcess:
 
     `on_lines(list_of_lines)` receives the merged stdout/stderr in order, secret values masked;
     `run()` blocks until the process exits and returns its Outcome; `kill()` (from any thread)
-    stops the process group: SIGTERM, then SIGKILL after KILL_GRACE_SECONDS.
+    stops the process group: SIGTERM, then SIGKILL after KILL_GRACE_SECONDS. `on_long()`, if
+    given, is called once from the thread in `run()` when the replica has taken `long_after`
+    seconds (or is about to build a virtualenv).
     """
 
-    def __init__(self, launch: Launch, on_lines: Callable[[list[str]], None]):
+    def __init__(
+        self,
+        launch: Launch,
+        on_lines: Callable[[list[str]], None],
+        on_long: Callable[[], None] | None = None,
+        long_after: float = 1.0,
+    ):
         self.launch = launch
         self.on_lines = on_lines
+        self._on_long = on_long
+        self._long_at = time.monotonic() + long_after
         self._proc: subprocess.Popen[bytes] | None = None
         self._killed = threading.Event()
         self._lock = threading.Lock()
@@ -165,6 +181,7 @@ class ReplicaProcess:
         if environment is not None and packages:
             from fray_dask.venv import IsolatedVirtualEnv
 
+            self._long()  # a build may take minutes
             # FRAY_VENV_CACHE among the job's env_vars picks where its venvs are cached.
             cache = environment.env_vars.get("FRAY_VENV_CACHE")
             venv = IsolatedVirtualEnv(packages, cache_dir=cache).ensure()
@@ -180,7 +197,6 @@ class ReplicaProcess:
         with open(payload, "wb") as f:
             f.write(self.launch.payload)
         result = os.path.join(workdir, "result.pkl")
-        env["FRAY_PARENT_PID"] = str(os.getpid())
         return [python, "-m", "fray_dask.runner", payload, result], env, cwd
 
     def _run(self, workdir: str) -> Outcome:
@@ -197,8 +213,15 @@ class ReplicaProcess:
                 f"workspace {cwd!r} is not a directory on {platform.node()}; give a path that "
                 "exists where the job runs",
             )
+        # A callable's runner watches a pipe whose only writer is this process: when the pipe
+        # closes (this worker or driver died) it kills its whole process group. A binary gets
+        # PR_SET_PDEATHSIG instead, through a preexec_fn (which costs a full fork, not a vfork).
+        lifeline = None if self.launch.payload is None else os.pipe()
+        if lifeline is not None:
+            env["FRAY_LIFELINE_FD"] = str(lifeline[0])
         with self._lock:
             if self._killed.is_set():
+                _close(lifeline)
                 return Outcome(JobStatus.STOPPED, "stopped before it started")
             try:
                 self._proc = subprocess.Popen(
@@ -209,16 +232,23 @@ class ReplicaProcess:
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,  # its own process group, so kill() reaches children
-                    # A callable's runner sets this up itself (a preexec_fn costs a full fork).
-                    preexec_fn=_die_with_parent if self.launch.payload is None else None,
+                    pass_fds=lifeline[:1] if lifeline else (),
+                    preexec_fn=_die_with_parent if lifeline is None else None,
                 )
             except OSError as e:
+                _close(lifeline)
                 return Outcome(
                     JobStatus.FAILED,
                     mask(f"cannot start {argv[0]!r}: {e.strerror or e}", secrets),
                 )
-        lines, last = self._pump(secrets)
-        code = self._proc.wait()
+        if lifeline is not None:
+            os.close(lifeline[0])
+        try:
+            lines, last = self._pump(secrets)
+            code = self._proc.wait()
+        finally:
+            if lifeline is not None:
+                os.close(lifeline[1])
         # Processes the job started and left behind (daemons, a shell's background jobs) would
         # run on unaccounted; the job is over, so its whole process group goes.
         _stop_group(self._proc.pid, KILL_GRACE_SECONDS)
@@ -255,6 +285,8 @@ class ReplicaProcess:
         exited_at = None
         while True:
             ready, _, _ = select.select([fd], [], [], BATCH_SECONDS)
+            if self._on_long is not None and time.monotonic() >= self._long_at:
+                self._long()
             if exited_at is None and self._proc.poll() is not None:
                 exited_at = time.monotonic()
             if exited_at is not None and (not ready or time.monotonic() - exited_at > 1.0):
@@ -297,6 +329,11 @@ class ReplicaProcess:
         last = next((line for line in reversed(tail) if line.strip()), "")
         detail = f"; last output: {last}" if last else ""
         return f"exit code {code}{detail}"
+
+    def _long(self) -> None:
+        if self._on_long is not None:
+            on_long, self._on_long = self._on_long, None
+            on_long()
 
     def kill(self, grace: float = KILL_GRACE_SECONDS) -> None:
         """Stops the replica's process group (or keeps it from starting) and returns at once;
