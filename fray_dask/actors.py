@@ -6,6 +6,7 @@ No Dask import here; the Dask handle lives in fray_dask.dask_context.
 
 from __future__ import annotations
 
+import abc
 import concurrent.futures
 import threading
 from collections.abc import Callable
@@ -36,9 +37,9 @@ class ActorMethod:
         )
 
 
-class ActorHandle:
+class ActorHandle(abc.ABC):
     """The caller's side of an actor. Attribute access gives an ActorMethod; only methods are
-    reachable (read state through a method)."""
+    reachable (read state through a method). LocalActorHandle and DaskActorHandle implement it."""
 
     def __init__(self, cls: type, name: str | None):
         self._cls = cls
@@ -48,12 +49,13 @@ class ActorHandle:
     def actor_name(self) -> str:
         return self._name or f"<unnamed {self._cls.__name__}>"
 
+    @abc.abstractmethod
     def _call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        raise NotImplementedError
+        """Starts `method(*args, **kwargs)` on the actor; returns its future."""
 
+    @abc.abstractmethod
     def kill(self) -> None:
         """Drops the actor (and frees its name); later calls through any handle fail."""
-        raise NotImplementedError
 
     def __getattr__(self, attr: str) -> ActorMethod:
         if attr.startswith("_"):
