@@ -131,17 +131,17 @@ def main() -> None:
     # gives one ratio; the median ratio is the result (this VM's speed drifts between rounds by
     # more than the effect measured, so best-of times alone are noisy).
     fray_t, raw_t, task_t, fray_r, raw_r = [], [], [], [], []
+    measurements = [
+        (fray_t, lambda: time_fray_jobs(cluster, args.jobs)),
+        (raw_t, lambda: time_raw_jobs(client, args.jobs, payload)),
+        (fray_r, lambda: fray_calls_per_second(ctx, handle, args.calls)),
+        (raw_r, lambda: raw_calls_per_second(raw_actor, args.calls)),
+    ]
     for i in range(args.repeat):
-        if i % 2:
-            raw_t.append(time_raw_jobs(client, args.jobs, payload))
-            fray_t.append(time_fray_jobs(cluster, args.jobs))
-            raw_r.append(raw_calls_per_second(raw_actor, args.calls))
-            fray_r.append(fray_calls_per_second(ctx, handle, args.calls))
-        else:
-            fray_t.append(time_fray_jobs(cluster, args.jobs))
-            raw_t.append(time_raw_jobs(client, args.jobs, payload))
-            fray_r.append(fray_calls_per_second(ctx, handle, args.calls))
-            raw_r.append(raw_calls_per_second(raw_actor, args.calls))
+        # Each pair runs back to back, in alternating order from round to round.
+        for pair in (measurements[0:2], measurements[2:4]):
+            for results, measure in pair[:: -1 if i % 2 else 1]:
+                results.append(measure())
         task_t.append(time_raw_tasks(client, args.jobs))
 
     job_ratios = [f / r for f, r in zip(fray_t, raw_t, strict=True)]

@@ -28,6 +28,13 @@ def new_job_id(request: JobRequest) -> JobId:
     return JobId(f"{request.name}-{uuid.uuid4().hex[:8]}")
 
 
+def replica_count(request: JobRequest) -> int:
+    """Processes a request runs: one per replica, or per host of every slice for a TPU."""
+    device = request.resources.device
+    hosts = device.vm_count() if device.kind == "tpu" else 1
+    return request.resources.replicas * hosts
+
+
 @dataclass
 class _Replica:
     index: int
@@ -69,11 +76,12 @@ class JobRecord:
 
     # -- log lines ------------------------------------------------------------------------
     def add_lines(self, replica: int, lines: Iterable[str]) -> None:
-        prefix = f"[replica-{replica}] "
+        """Lines arrive with secrets already masked by the replica's ReplicaProcess, which knows
+        its whole environment (inherited secrets too), so they are not masked again here."""
+        prefixed = [f"[replica-{replica}] {line}" for line in lines]
         with self.cond:
-            for line in lines:
-                self.lines.append(prefix + mask(line, self.secrets))
-                self.lines_total += 1
+            self.lines.extend(prefixed)
+            self.lines_total += len(prefixed)
             self.cond.notify_all()
 
     def lines_since(self, position: int) -> tuple[list[str], int]:
@@ -290,7 +298,9 @@ class Cluster(abc.ABC):
         position = 0
         while True:
             with record.cond:
-                finished = record.status.finished() and self._logs_complete(record)
+                # Finished means every line is in: DaskCluster waits for a replica's last lines
+                # before it records the replica's end.
+                finished = record.status.finished()
                 if record.lines_total == position and not finished:
                     remaining = 1.0 if deadline is None else deadline - time.monotonic()
                     if remaining <= 0:
@@ -302,11 +312,6 @@ class Cluster(abc.ABC):
                 emit(line)
             if finished and not lines:
                 return record.info()
-
-    def _logs_complete(self, record: JobRecord) -> bool:
-        """Whether every line of a finished job has reached the driver (Dask delivers them apart
-        from the result)."""
-        return True
 
     def wait(
         self,

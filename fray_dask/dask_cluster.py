@@ -21,9 +21,8 @@ from typing import Any
 import distributed
 from distributed import Client
 
-from fray_dask.cluster import Cluster, JobRecord, new_job_id
+from fray_dask.cluster import Cluster, JobRecord, new_job_id, replica_count
 from fray_dask.environment import check_request
-from fray_dask.local import replica_count
 from fray_dask.placement import Dispatcher, Pending, usage
 from fray_dask.process import Launch, Outcome, ReplicaProcess, serialize_entrypoint
 from fray_dask.resources import check_satisfiable, dask_resources

@@ -85,7 +85,8 @@ class ActorCall:
                 if deadline is not None and time.monotonic() >= deadline:
                     raise TimeoutError(
                         f"{self._handle.actor_name}.{self._method} did not return within "
-                        f"{timeout:g} s"
+                        f"{timeout:g} s; the actor is alive and busy (its worker runs one actor "
+                        "call at a time): pass a larger timeout, or None to wait"
                     ) from None
             except OSError as e:  # the worker's connection is gone
                 raise self._handle._lost(self._method) from e
@@ -216,7 +217,8 @@ class DaskContext(JobContext):
                         if pending:
                             raise TimeoutError(
                                 f"{len(pending)} of {len(ref)} futures not done within "
-                                f"{timeout:g} s"
+                                f"{timeout:g} s; pass a larger timeout, or use ctx.wait() to "
+                                "take the finished ones"
                             )
                     return self.client.gather(list(ref))
             return super().get(ref, timeout)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from fray_dask.cluster import Cluster, JobRecord, new_job_id
+from fray_dask.cluster import Cluster, JobRecord, new_job_id, replica_count
 from fray_dask.environment import check_request
 from fray_dask.process import Launch, Outcome, ReplicaProcess, serialize_entrypoint
 from fray_dask.types import JobId, JobRequest, JobStatus
@@ -98,10 +98,3 @@ class LocalCluster(Cluster):
             threads = list(self._threads)
         for thread in threads:
             thread.join(timeout=timeout)
-
-
-def replica_count(request: JobRequest) -> int:
-    """Processes a request runs: one per replica, or per host of every slice for a TPU."""
-    device = request.resources.device
-    hosts = device.vm_count() if device.kind == "tpu" else 1
-    return request.resources.replicas * hosts

@@ -7,11 +7,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import subprocess
-import sys
 
 import pytest
 
+from tests.imports import heavy_modules_loaded
 from tpu.topology import TPU_TYPES, TpuTopology, all_topologies, check_topology, get_topology
 
 ACCELERATORS = {
@@ -201,17 +200,6 @@ def test_check_topology_rejects_a_non_string_topology():
 
 # -- import boundary -------------------------------------------------------------------------------
 def test_importing_tpu_topology_does_not_import_dask_or_kubernetes():
-    code = (
-        "import sys\n"
-        "import tpu.topology\n"
-        "tpu.topology.get_topology('v4-8')\n"
-        "heavy = sorted(\n"
-        "    m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed', 'kubernetes')\n"
-        ")\n"
-        "print(','.join(heavy))\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "", f"heavy modules imported: {result.stdout.strip()}"
+    code = "import tpu.topology\ntpu.topology.get_topology('v4-8')\n"
+    heavy = heavy_modules_loaded(code, ("dask", "distributed", "kubernetes"))
+    assert heavy == [], f"heavy modules imported: {heavy}"
