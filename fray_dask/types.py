@@ -16,7 +16,7 @@ from typing import Any, NewType
 
 from fray_dask.secrets import mask, masked_env, secret_values
 from fray_dask.sizes import parse_size
-from tpu.topology import TpuTopology, check_topology
+from tpu.topology import TpuTopology, check_multislice, check_topology
 
 JobId = NewType("JobId", str)
 
@@ -160,6 +160,8 @@ class ResourceConfig:
             raise ValueError(
                 f"ResourceConfig replicas must be a whole number >= 1, got {self.replicas!r}"
             )
+        if isinstance(self.device, TpuConfig):
+            check_multislice(self.device.spec, replicas)
         if self.regions is not None:
             if isinstance(self.regions, str):
                 raise ValueError(

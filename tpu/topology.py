@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["TPU_TYPES", "TpuTopology", "all_topologies", "check_topology", "get_topology"]
+__all__ = [
+    "TPU_TYPES",
+    "TpuTopology",
+    "all_topologies",
+    "check_multislice",
+    "check_topology",
+    "get_topology",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +37,13 @@ class TpuTopology:
     def multi_host(self) -> bool:
         """True when the slice spans more than one VM (a job needs one pod per host)."""
         return self.hosts > 1
+
+    @property
+    def multislice(self) -> bool:
+        """True when several slices of this type can train together over the data-center network
+        (MEGASCALE). The smallest single-host slices cannot: v4/v5p 2x2x1 and v5e/v6e 1x1 and 2x2.
+        """
+        return self.multi_host or self.chips >= 8
 
     def chip_count(self) -> int:
         """Chips in the whole slice."""
@@ -168,3 +182,18 @@ def check_topology(tpu_type: str, topology: str | None) -> TpuTopology:
         f"TPU type {entry.name!r} has topology {entry.topology!r}, not {topology!r}; "
         f"omit topology= or {fix}"
     )
+
+
+def check_multislice(entry: TpuTopology, slices: int) -> None:
+    """Raises ValueError when `slices` > 1 slices of `entry` cannot run as one multi-slice job."""
+    if slices > 1 and not entry.multislice:
+        larger = [
+            t.name
+            for t in _TABLE
+            if t.generation == entry.generation and t.multislice and t.chips > entry.chips
+        ][:2]
+        raise ValueError(
+            f"TPU type {entry.name!r} (topology {entry.topology}) cannot run multi-slice, but "
+            f"{slices} slices (replicas) were requested; use replicas=1, or a type that can "
+            f"({' or '.join(larger)})"
+        )

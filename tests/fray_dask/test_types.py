@@ -133,6 +133,10 @@ def test_unknown_tpu_type_lists_the_valid_ones():
         TpuConfig(type="v5litepod-3")
     with pytest.raises(ValueError, match="unknown TPU type"):
         ResourceConfig.with_tpu("v9-8")
+    with pytest.raises(ValueError, match="'v4-8' .*cannot run multi-slice"):
+        ResourceConfig.with_tpu("v4-8", slice_count=2)
+    with pytest.raises(ValueError, match="'v5litepod-4' .*cannot run multi-slice"):
+        ResourceConfig(device=TpuConfig("v5e-4"), replicas=2)
     with pytest.raises(ValueError, match="variant is an alias of type"):
         TpuConfig(type="v4-8", variant="v4-16")
 

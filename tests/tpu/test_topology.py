@@ -11,7 +11,14 @@ import re
 import pytest
 
 from tests.imports import heavy_modules_loaded
-from tpu.topology import TPU_TYPES, TpuTopology, all_topologies, check_topology, get_topology
+from tpu.topology import (
+    TPU_TYPES,
+    TpuTopology,
+    all_topologies,
+    check_multislice,
+    check_topology,
+    get_topology,
+)
 
 ACCELERATORS = {
     "v4": "tpu-v4-podslice",
@@ -203,3 +210,31 @@ def test_importing_tpu_topology_does_not_import_dask_or_kubernetes():
     code = "import tpu.topology\ntpu.topology.get_topology('v4-8')\n"
     heavy = heavy_modules_loaded(code, ("dask", "distributed", "kubernetes"))
     assert heavy == [], f"heavy modules imported: {heavy}"
+
+
+# -- multi-slice capability ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "name, ok",
+    [
+        ("v4-8", False),
+        ("v5p-8", False),
+        ("v5litepod-1", False),
+        ("v5litepod-4", False),
+        ("v6e-4", False),
+        ("v5litepod-8", True),
+        ("v6e-8", True),
+        ("v4-16", True),
+        ("v5litepod-16", True),
+    ],
+)
+def test_multislice_capability(name, ok):
+    assert get_topology(name).multislice is ok
+
+
+def test_check_multislice_names_the_rule_and_a_fix():
+    check_multislice(get_topology("v4-8"), 1)  # one slice of anything is fine
+    check_multislice(get_topology("v4-16"), 4)
+    with pytest.raises(ValueError, match=r"'v4-8' \(topology 2x2x1\) cannot .*v4-16"):
+        check_multislice(get_topology("v4-8"), 2)
+    with pytest.raises(ValueError, match=r"'v5litepod-4' \(topology 2x2\).*v5litepod-8"):
+        check_multislice(get_topology("v5e-4"), 2)
