@@ -55,7 +55,7 @@ def _open_clients() -> set[int]:
 
 
 # Threads our packages start: zephyr's pools, LocalCluster supervisors, ThreadContext pools.
-_OWN_THREADS = ("zephyr", "fray-local", "fray-task", "fray-actor")
+_OWN_THREADS = ("zephyr", "fray-local", "fray-task", "fray-actor", "fray-gke")
 
 
 @pytest.fixture(autouse=True)
