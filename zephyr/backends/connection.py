@@ -164,13 +164,18 @@ atexit.register(shutdown_embedded)
 
 
 def connect(address: str | Client | None, timeout: float) -> Connection:
-    """A connection for `address`: None -> embedded cluster, a Client -> itself, a string -> a
-    shared client per address. Raises ZephyrError if the scheduler cannot be reached within
-    `timeout` s."""
+    """A connection for `address`: None -> embedded cluster, a Client -> itself, a
+    `kube?name=...` spec -> a Dask cluster on Kubernetes (zephyr.backends.kube: started or joined,
+    within the spec's own timeout), another string -> a shared client per address. Raises
+    ZephyrError if the scheduler cannot be reached within `timeout` s."""
     if address is None:
         return embedded()
     if isinstance(address, Client):
         return Connection(address, None, owns=False)
+    if address.strip().startswith("kube?") or address.strip() == "kube":
+        from zephyr.backends import kube
+
+        return kube.connect(address)
     with _LOCK:
         conn = _BY_ADDRESS.get(address)
         if conn is not None and conn.client.status == "running":

@@ -151,7 +151,9 @@ class DaskBackend(Backend):
     `address=None` starts (once per process, on first use) an embedded `distributed.LocalCluster` on
     127.0.0.1 with one single-threaded worker process per core, the dashboard on, and worker
     resources `CPU`, `MEMORY` and `GPU` advertised. A `tcp://host:8786` address or an existing
-    `Client` uses that cluster. `memory`, `num_cpus` and `num_gpus` become the `MEMORY`, `CPU` and
+    `Client` uses that cluster; `"kube?name=x&workers=4&image=...&memory=8GB"` starts (or joins) a
+    Dask cluster on Kubernetes whose workers advertise the same resources (zephyr.backends.kube,
+    deploy/k8s/README.md). `memory`, `num_cpus` and `num_gpus` become the `MEMORY`, `CPU` and
     `GPU` resources of every task; `max_parallelism` caps how many shards of this backend run at
     once across the cluster.
     """
