@@ -219,10 +219,16 @@ def _context_for_spec(spec: str) -> JobContext:
         from fray_dask.dask_context import DaskContext
 
         return DaskContext(_address(params), _timeout(params, CONNECT_TIMEOUT))
-    if scheme == "local":
+    if scheme == "kube":  # the Dask cluster the spec starts or joins
+        from fray_dask.dask_context import DaskContext
+        from zephyr.backends.kube import connect
+
+        return DaskContext(connect(spec).client)
+    if scheme in ("local", "gke", "tpu-local"):
+        # A job's tasks run in its own process: a LocalCluster child, a GKE pod, a local TPU host.
         return ThreadContext()
     cluster_from_spec(spec)  # raises for an unknown spec, listing the valid ones
-    return ThreadContext()  # container clusters (GKE): a job's tasks run in its own process
+    return ThreadContext()
 
 
 def fray_job_ctx() -> JobContext:

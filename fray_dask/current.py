@@ -1,14 +1,17 @@
 """Which cluster `current_cluster()` returns: one set with `set_current_cluster`, else the one
 named by FRAY_CLUSTER_SPEC, else the embedded Dask cluster.
 
-Specs: `local`, `dask` (embedded LocalCluster), `dask?address=tcp://host:8786[&timeout=8]`.
-Clusters made from a spec are cached per spec for the life of the process.
+Specs: `local`, `dask` (embedded LocalCluster), `dask?address=tcp://host:8786[&timeout=8]`,
+`kube?name=...` (a Dask cluster started on Kubernetes), `gke?namespace=...&image=...` (TPU jobs as
+GKE workloads) and `tpu-local` (TPU jobs emulated by local processes). Clusters made from a spec
+are cached per spec for the life of the process.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import importlib
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -89,6 +92,26 @@ def _no_params(scheme: str, params: dict[str, str], allowed: tuple[str, ...]) ->
 
 register_scheme("local", _local, "local")
 register_scheme("dask", _dask, "dask?address=tcp://host:8786")
+
+
+def _lazy(module: str, function: str) -> Callable[[dict[str, str]], Cluster]:
+    """A factory that imports `module` (and its optional dependencies) only when used."""
+
+    def factory(params: dict[str, str]) -> Cluster:
+        return getattr(importlib.import_module(module), function)(params)
+
+    return factory
+
+
+register_scheme(
+    "kube",
+    _lazy("zephyr.backends.kube", "fray_cluster"),
+    "kube?name=NAME&workers=N&image=IMAGE&memory=8GB",
+)
+register_scheme(
+    "gke", _lazy("tpu.launcher", "cluster_from_params"), "gke?namespace=NAMESPACE&image=IMAGE"
+)
+register_scheme("tpu-local", _lazy("tpu.local", "cluster_from_params"), "tpu-local")
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
