@@ -103,8 +103,13 @@ class JobRecord:
             self._update()
             return not self.stop_requested
 
-    def ended(self, replica: int, outcome: Outcome, preempted: bool = False) -> bool:
-        """Records how a replica's run ended; True if it should run again (a retry)."""
+    def ended(
+        self, replica: int, outcome: Outcome, preempted: bool = False, spent: int | None = None
+    ) -> bool:
+        """Records how a replica's run ended; True if it should run again (a retry).
+
+        A failure or preemption is counted on the replica and checked against its budget; a gang
+        (all replicas restart together) passes `spent`, the job's own count including this one."""
         with self.cond:
             r = self.replicas[replica]
             retry = False
@@ -115,16 +120,17 @@ class JobRecord:
             elif preempted:
                 r.preemptions += 1
                 r.error = mask(outcome.error_message or "worker lost", self.secrets)
-                retry = r.preemptions <= self.request.max_retries_preemption
+                used = r.preemptions if spent is None else spent
+                retry = used <= self.request.max_retries_preemption
                 if not retry:
                     r.error = (
-                        f"{r.error} (preempted {r.preemptions} times; max_retries_preemption="
+                        f"{r.error} (preempted {used} times; max_retries_preemption="
                         f"{self.request.max_retries_preemption})"
                     )
             else:
                 r.failures += 1
                 r.error = mask(outcome.error_message or "failed", self.secrets)
-                retry = r.failures <= self.request.max_retries_failure
+                retry = (r.failures if spent is None else spent) <= self.request.max_retries_failure
             if retry:
                 r.status = JobStatus.PENDING
             elif r.status not in (JobStatus.SUCCEEDED, JobStatus.STOPPED):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
 import os
 import platform
 import select
@@ -118,23 +117,20 @@ def _environment(launch: Launch, venv_env: dict[str, str] | None) -> dict[str, s
     return env
 
 
-# Resolved here, not in the forked child: importing there could deadlock on a lock held by
-# another thread at fork time.
-_PRCTL = ctypes.CDLL(None).prctl if sys.platform.startswith("linux") else None
-_PR_SET_PDEATHSIG = 1
-
-
 def _close(fds: tuple[int, int] | None) -> None:
     for fd in fds or ():
         with contextlib.suppress(OSError):
             os.close(fd)
 
 
-def _die_with_parent() -> None:
-    """In the child before exec (Linux): SIGKILL it when the thread that started it ends, so a
-    job's process dies with its Dask worker or driver instead of running on unsupervised."""
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+# A binary runs under this POSIX sh script (argv: the binary and its arguments). A background
+# subshell blocks reading the lifeline pipe and SIGKILLs the job's process group when the pipe
+# closes (the worker or driver died); then sh execs the binary, which keeps sh's pid and group.
+# The runner of a callable does the same with a thread (fray_dask/runner.py).
+_BINARY_LIFELINE = (
+    '(read line < "/dev/fd/$FRAY_LIFELINE_FD"; kill -KILL 0) > /dev/null 2>&1 & '
+    'unset FRAY_LIFELINE_FD; exec "$@"'
+)
 
 
 class ReplicaProcess:
@@ -192,7 +188,11 @@ class ReplicaProcess:
             binary = self.launch.binary or ""
             if binary in ("python", "python3"):
                 binary = python
-            return [binary, *self.launch.args], env, cwd
+            found = binary if os.sep in binary else shutil.which(binary, path=env.get("PATH"))
+            if found is None or not os.access(found, os.X_OK):
+                raise FileNotFoundError(f"cannot start {binary!r}: No such file or directory")
+            argv = ["/bin/sh", "-c", _BINARY_LIFELINE, "fray-job", found, *self.launch.args]
+            return argv, env, cwd
         payload = os.path.join(workdir, "payload.pkl")
         with open(payload, "wb") as f:
             f.write(self.launch.payload)
@@ -203,6 +203,8 @@ class ReplicaProcess:
         secrets = self.launch.secrets
         try:
             argv, env, cwd = self._command(workdir)
+        except FileNotFoundError as e:  # a binary that is not there
+            return Outcome(JobStatus.FAILED, mask(str(e), secrets))
         except Exception as e:  # a virtualenv that cannot be built fails the replica
             return Outcome(JobStatus.FAILED, mask(f"{type(e).__name__}: {e}", secrets))
         # Also mask secrets the job inherits from this process's environment, not only its own.
@@ -213,12 +215,11 @@ class ReplicaProcess:
                 f"workspace {cwd!r} is not a directory on {platform.node()}; give a path that "
                 "exists where the job runs",
             )
-        # A callable's runner watches a pipe whose only writer is this process: when the pipe
-        # closes (this worker or driver died) it kills its whole process group. A binary gets
-        # PR_SET_PDEATHSIG instead, through a preexec_fn (which costs a full fork, not a vfork).
-        lifeline = None if self.launch.payload is None else os.pipe()
-        if lifeline is not None:
-            env["FRAY_LIFELINE_FD"] = str(lifeline[0])
+        # The job watches a pipe whose only writer is this process: when the pipe closes (this
+        # worker or driver died) it kills its whole process group, grandchildren included; a
+        # callable's runner with a thread, a binary's sh wrapper with a background read.
+        lifeline = os.pipe()
+        env["FRAY_LIFELINE_FD"] = str(lifeline[0])
         with self._lock:
             if self._killed.is_set():
                 _close(lifeline)
@@ -232,8 +233,7 @@ class ReplicaProcess:
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,  # its own process group, so kill() reaches children
-                    pass_fds=lifeline[:1] if lifeline else (),
-                    preexec_fn=_die_with_parent if lifeline is None else None,
+                    pass_fds=lifeline[:1],
                 )
             except OSError as e:
                 _close(lifeline)
@@ -241,17 +241,16 @@ class ReplicaProcess:
                     JobStatus.FAILED,
                     mask(f"cannot start {argv[0]!r}: {e.strerror or e}", secrets),
                 )
-        if lifeline is not None:
-            os.close(lifeline[0])
+        os.close(lifeline[0])
         try:
             lines, last = self._pump(secrets)
             code = self._proc.wait()
         finally:
-            if lifeline is not None:
-                os.close(lifeline[1])
-        # Processes the job started and left behind (daemons, a shell's background jobs) would
-        # run on unaccounted; the job is over, so its whole process group goes.
-        _stop_group(self._proc.pid, KILL_GRACE_SECONDS)
+            # Processes the job started and left behind (daemons, a shell's background jobs)
+            # would run on unaccounted; the job is over, so its whole process group goes: SIGTERM
+            # first, and the lifeline (whose closing means SIGKILL) only after that.
+            _stop_group(self._proc.pid, KILL_GRACE_SECONDS)
+            os.close(lifeline[1])
         if self._killed.is_set():
             return Outcome(JobStatus.STOPPED, "stopped by terminate()", code, lines)
         if code == 0:

@@ -174,7 +174,8 @@ def load_client(context: str | None) -> Any:
         except (k.config.ConfigException, OSError) as e:
             raise ConnectionError(
                 f"no Kubernetes credentials: not running in a pod, and the kubeconfig "
-                f"{'context ' + repr(context) if context else ''} cannot be loaded ({e}); run "
+                f"{os.environ.get('KUBECONFIG') or '~/.kube/config'}"
+                f"{' context ' + repr(context) if context else ''} cannot be loaded ({e}); run "
                 "`gcloud container clusters get-credentials CLUSTER --location LOCATION` or "
                 "pass context= (kubectl config get-contexts)"
             ) from None
@@ -192,8 +193,9 @@ def creation_error(e: Exception, obj: dict, namespace: str, secrets: tuple[str, 
         401: "the credentials were refused; refresh them (gcloud container clusters "
         "get-credentials CLUSTER --location LOCATION)",
         403: f"these credentials may not create {PLURALS[kind]} in namespace {namespace}; "
-        f"apply deploy/k8s/rbac.yaml (kubectl apply -n {namespace} -f deploy/k8s/rbac.yaml) "
-        "and run as its service account",
+        "apply deploy/k8s/rbac.yaml in that namespace (sed 's/namespace: default/namespace: "
+        f"{namespace}/' deploy/k8s/rbac.yaml | kubectl apply -f -) and run as its service "
+        "account fray-launcher",
         404: "install the JobSet controller (kubectl apply --server-side -f "
         "https://github.com/kubernetes-sigs/jobset/releases/download/v0.8.0/manifests.yaml)"
         if kind == "JobSet"

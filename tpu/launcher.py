@@ -376,8 +376,9 @@ class GkeTpuCluster(Cluster):
             message = culprit[2]
         else:
             message = (
-                f"{job.workload['kind']} {job.name} restarted its slices after a {want} pod, which "
-                f"was deleted before it was seen (kubectl get events -n {self.namespace})"
+                f"{job.workload['kind']} {job.name} restarted its slices after a {want} pod; "
+                "its pods were gone before this launcher saw which one ended, so the count is "
+                f"kept on replica 0 (kubectl get events -n {self.namespace} names the pod)"
             )
         if condition is not None:
             reason, why = condition.get("reason"), condition.get("message")

@@ -118,9 +118,11 @@ class LocalTpuCluster(Cluster):
             for index, outcome in enumerate(outcomes):
                 record.ended(index, outcome)
             return False
-        # The gang failed at `first`: it alone spends a failure; the others were stopped for it
-        # (and stay RUNNING in the record if the gang restarts: started() counts their attempt).
-        if record.ended(first, outcomes[first]):
+        # The gang failed at `first`: it alone is charged the failure, against the job's budget
+        # (every failed gang so far, as a JobSet's maxRestarts counts); the others were stopped
+        # for it (and stay RUNNING in the record if the gang restarts: started() counts them).
+        spent = sum(r.failures for r in record.replicas) + 1
+        if record.ended(first, outcomes[first], spent=spent):
             record.add_lines(first, [f"fray: restarting all {count} processes of the gang"])
             return True
         for index, outcome in enumerate(outcomes):

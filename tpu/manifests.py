@@ -125,8 +125,10 @@ def build_manifests(
     anything, for a non-TPU device, an empty image, a bad payload_url, an unpicklable or too large
     callable, env_vars that override the wired names, or a secret value written into the command.
     Kubernetes expands `$(VAR)` in a binary's args from the container env (`$$(VAR)` escapes).
-    `pip_packages`, `extras` and `workspace` of the environment are not applied: the image must
-    hold what the job needs.
+    `image` None or empty falls back to the environment's `docker_image` (the launcher passes
+    its choice: docker_image, else the cluster's image). `workspace` becomes the container's
+    workingDir; `pip_packages` and `extras` are not applied here: the image must hold what the job
+    needs (GkeTpuCluster refuses them).
     """
     device = request.resources.device
     if device.kind != "tpu":
@@ -134,6 +136,8 @@ def build_manifests(
             f"job {request.name!r} asks for device {device!r}, but GKE TPU manifests need a TPU; "
             "use ResourceConfig(device=TpuConfig(type='v5litepod-16')) or another cluster"
         )
+    if not image and request.environment is not None:
+        image = request.environment.docker_image
     if not isinstance(image, str) or not image.strip():
         raise ValueError(
             f"job {request.name!r} has no container image (got {image!r}); "

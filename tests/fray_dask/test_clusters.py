@@ -4,6 +4,8 @@ replicas, environments, secrets, failures and retries, terminate, logs and waiti
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -279,3 +281,29 @@ def test_a_job_ends_when_its_process_exits_and_takes_its_leftovers_along(cluster
     while pid_alive(grandchild) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not pid_alive(grandchild)
+
+
+DRIVER = """
+import sys, time
+from fray_dask import Entrypoint, JobRequest, LocalCluster
+cluster = LocalCluster()
+script = "sleep 120 & echo $! > {folder}/pid.tmp; mv {folder}/pid.tmp {folder}/pid; wait"
+cluster.launch(JobRequest(name="orphan", entrypoint=Entrypoint.from_binary("sh", ["-c", script])))
+time.sleep(120)
+"""
+
+
+def test_a_binary_jobs_children_die_with_the_driver(tmp_path):
+    """A driver killed with SIGKILL takes the binary job's whole process group with it: the
+    shell's background `sleep` too, not only the shell."""
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER.format(folder=tmp_path)])
+    try:
+        grandchild = int(wait_for_file(str(tmp_path / "pid")))
+        assert pid_alive(grandchild)
+    finally:
+        driver.kill()
+        driver.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while pid_alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pid_alive(grandchild), "the binary job's child outlived its driver"

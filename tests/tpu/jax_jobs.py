@@ -71,6 +71,22 @@ def fail_worker(worker: int, folder: str, fail_attempts: int) -> None:
     print(f"replica {replica} done on attempt {attempt}")
 
 
+def fail_in_turn(folder: str) -> None:
+    """On attempt k, replica k-1 raises (once every replica has started the attempt) and the
+    others sleep to be stopped by the gang; past the replicas, every replica returns."""
+    replica = int(os.environ["FRAY_REPLICA_ID"])
+    count = int(os.environ["FRAY_REPLICA_COUNT"])
+    with open(os.path.join(folder, f"attempts-{replica}"), "a") as f:
+        f.write("attempt\n")
+    with open(os.path.join(folder, f"attempts-{replica}")) as f:
+        attempt = len(f.readlines())
+    if attempt <= count:
+        if replica == attempt - 1:
+            _wait_for_attempt(folder, count, attempt)
+            raise RuntimeError(f"replica {replica} broke on attempt {attempt}")
+        time.sleep(300)
+
+
 def _wait_for_attempt(folder: str, replicas: int, attempt: int, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     for replica in range(replicas):

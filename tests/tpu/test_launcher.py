@@ -401,7 +401,10 @@ def test_api_403_during_creation_rolls_back_and_names_the_fix(gke, standin):
     standin.fail_next("POST", "/jobs", 403)
     with pytest.raises(GkeApiError, match=r"creating Job tpu/train-\w+ failed: HTTP 403") as e:
         gke.launch(req)
-    assert "deploy/k8s/rbac.yaml" in str(e.value) and SECRET not in str(e.value)
+    assert "deploy/k8s/rbac.yaml in that namespace (sed 's/namespace: default/namespace: tpu/'" in (
+        str(e.value)
+    )
+    assert SECRET not in str(e.value)
     deleted = sorted(r.path.split("/")[-2] for r in standin.requests_of("DELETE"))
     assert deleted == ["configmaps", "secrets", "services"]
     assert standin.objects == {} and gke.list_jobs() == []

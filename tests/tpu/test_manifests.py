@@ -675,6 +675,13 @@ def test_missing_image_is_refused(image):
         build_manifests(request(), image)  # type: ignore[arg-type]
 
 
+def test_without_an_image_argument_the_environments_docker_image_is_used():
+    env = create_environment(docker_image="registry/train:2")
+    req = dataclasses.replace(request(), environment=env)
+    assert container(build_manifests(req, None))["image"] == "registry/train:2"  # type: ignore[arg-type]
+    assert container(build_manifests(req, "registry/other:1"))["image"] == "registry/other:1"
+
+
 def test_bad_name_argument_is_refused():
     with pytest.raises(ValueError, match=r"'Bad_Name' must be a DNS-1035 label .*k8s_name"):
         build_manifests(request(), IMAGE, name="Bad_Name")
