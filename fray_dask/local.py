@@ -34,7 +34,7 @@ class LocalCluster(Cluster):
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"LocalCluster(jobs={len(self._records())})"
+        return f"{type(self).__name__}(jobs={len(self._records())})"
 
     def launch(self, request: JobRequest) -> JobId:
         check_request(request, type(self).__name__, self._warned)

@@ -10,49 +10,31 @@ import queue
 import threading
 from typing import Any
 
-from fray_dask.cluster import Cluster, JobRecord, new_job_id, replica_count
+from fray_dask.cluster import JobRecord, new_job_id, replica_count
 from fray_dask.environment import check_request
+from fray_dask.local import LocalCluster
 from fray_dask.process import Launch, Outcome, ReplicaProcess, serialize_entrypoint
 from fray_dask.types import EnvironmentConfig, JobId, JobRequest, JobStatus
-from tpu.local_pods import LOCALHOST, LocalPod, expand, local_pods, require_tpu, resolve_env
+from tpu.local_pods import LocalPod, local_pods, require_tpu
 from tpu.manifests import k8s_name
 
-__all__ = [
-    "LOCALHOST",
-    "LocalPod",
-    "LocalTpuCluster",
-    "cluster_from_params",
-    "expand",
-    "local_pods",
-    "resolve_env",
-]
+__all__ = ["LocalTpuCluster", "cluster_from_params"]
 
 logger = logging.getLogger("fray_dask")
 
 
-# -- the cluster ----------------------------------------------------------------------------------
-
-
-class LocalTpuCluster(Cluster):
+class LocalTpuCluster(LocalCluster):
     """Runs a TPU job as slices x hosts local processes wired like its GKE pods
     (`FRAY_CLUSTER_SPEC=tpu-local`); see local_pods for the environment.
 
     The job is one gang, as a JobSet or Indexed Job is on GKE: when a process fails the others
-    are stopped, and the whole gang restarts while the failing replica's max_retries_failure
-    allows. A replica's end is recorded when its gang ends. Logs are `[replica-N]` lines with
-    N = slice * hosts + host; terminate sends SIGTERM, then SIGKILL.
+    are stopped, and the whole gang restarts while the job's failed gangs so far stay within
+    max_retries_failure (a JobSet's maxRestarts). A replica's end is recorded when its gang ends.
+    Logs are `[replica-N]` lines with N = slice * hosts + host; terminate sends SIGTERM, then
+    SIGKILL.
     """
 
     spec = "tpu-local"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._processes: dict[tuple[JobId, int], ReplicaProcess] = {}
-        self._threads: list[threading.Thread] = []
-        self._lock = threading.Lock()
-
-    def __repr__(self) -> str:
-        return f"LocalTpuCluster(jobs={len(self._records())})"
 
     def launch(self, request: JobRequest) -> JobId:
         """Starts the job's processes and returns at once; wiring errors raise here."""
@@ -180,20 +162,6 @@ class LocalTpuCluster(Cluster):
         for thread in threads:
             thread.join()
         return outcomes, first
-
-    def _stop(self, record: JobRecord) -> None:
-        with self._lock:
-            processes = [p for (job, _), p in self._processes.items() if job == record.job_id]
-        for process in processes:
-            process.kill()
-
-    def close(self, timeout: float = 30.0) -> None:
-        """Terminates running jobs and waits up to `timeout` s for their threads."""
-        super().close()
-        with self._lock:
-            threads = list(self._threads)
-        for thread in threads:
-            thread.join(timeout=timeout)
 
 
 def cluster_from_params(params: dict[str, str]) -> LocalTpuCluster:

@@ -1,5 +1,6 @@
-"""Entrypoints that tests/tpu runs as TPU jobs on LocalTpuCluster. Pickled by value, so a job's
-child process needs neither `tests` importable nor pytest; jax is imported inside the functions."""
+"""Entrypoints that tests/tpu runs as TPU jobs on LocalTpuCluster, and the request builder. Pickled
+by value, so a job's child process needs neither `tests` importable nor pytest; jax is imported
+inside the functions."""
 
 from __future__ import annotations
 
@@ -11,6 +12,23 @@ import time
 import cloudpickle
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def tpu_request(name, fn, *args, tpu="v4-16", replicas=1, env_vars=None, **kwargs):
+    """A JobRequest running `fn(*args)` on `replicas` slices of `tpu`."""
+    from fray_dask import Entrypoint, JobRequest, ResourceConfig, TpuConfig, create_environment
+
+    return JobRequest(
+        name=name,
+        entrypoint=Entrypoint.from_callable(fn, args),
+        resources=ResourceConfig(device=TpuConfig(tpu), replicas=replicas),
+        environment=create_environment(env_vars=env_vars) if env_vars else None,
+        **kwargs,
+    )
+
+
+def noop() -> None:
+    pass
 
 
 def psum_over_processes(out_dir: str) -> None:

@@ -21,24 +21,10 @@ from fray_dask import (
     ResourceConfig,
     TpuConfig,
     cluster_from_spec,
-    create_environment,
 )
 from tests.tpu import jax_jobs
+from tests.tpu.jax_jobs import noop, tpu_request
 from tpu.local import LocalTpuCluster
-
-
-def tpu_request(name, fn, *args, tpu="v4-16", replicas=1, env_vars=None, **kwargs) -> JobRequest:
-    return JobRequest(
-        name=name,
-        entrypoint=Entrypoint.from_callable(fn, args),
-        resources=ResourceConfig(device=TpuConfig(tpu), replicas=replicas),
-        environment=create_environment(env_vars=env_vars) if env_vars else None,
-        **kwargs,
-    )
-
-
-def noop() -> None:
-    pass
 
 
 @pytest.fixture

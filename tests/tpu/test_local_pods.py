@@ -10,24 +10,9 @@ from fray_dask import (
     JobRequest,
     ResourceConfig,
     TpuConfig,
-    create_environment,
 )
+from tests.tpu.jax_jobs import noop, tpu_request
 from tpu.local_pods import LOCALHOST, expand, local_pods, resolve_env
-
-
-def tpu_request(name, fn, *args, tpu="v4-16", replicas=1, env_vars=None, **kwargs) -> JobRequest:
-    return JobRequest(
-        name=name,
-        entrypoint=Entrypoint.from_callable(fn, args),
-        resources=ResourceConfig(device=TpuConfig(tpu), replicas=replicas),
-        environment=create_environment(env_vars=env_vars) if env_vars else None,
-        **kwargs,
-    )
-
-
-def noop() -> None:
-    pass
-
 
 # -- env wiring (no processes) --------------------------------------------------------------------
 
