@@ -19,7 +19,14 @@ from fray_dask.process import Outcome
 from fray_dask.secrets import mask
 from fray_dask.types import JobId, JobRequest, JobStatus
 from tpu.kube_api import READ_TIMEOUT, GkeApiError, KubeApi, creation_error, load_client
-from tpu.manifests import JOB_LABEL, build_manifests, k8s_name, secret_manifest
+from tpu.manifests import (
+    JOB_LABEL,
+    MAX_CONFIGMAP_PAYLOAD,
+    build_manifests,
+    callable_payload,
+    k8s_name,
+    secret_manifest,
+)
 from tpu.pods import (
     COMPLETION_INDEX,
     CONTROLLER_UID,
@@ -40,7 +47,7 @@ logger = logging.getLogger("fray_dask")
 LOST_TIMEOUT = 60.0  # API server out of reach this long: unfinished jobs fail
 LOG_GRACE = 10.0  # how long a finished pod's last log lines may take to arrive
 RECREATE_TIMEOUT = 300.0  # an Indexed Job being restarted must be gone within this
-_PARAMS = ("namespace", "image", "context", "poll", "timeout")
+_PARAMS = ("namespace", "image", "context", "poll", "timeout", "payload")
 
 
 class GkeTpuCluster(Cluster):
@@ -53,6 +60,10 @@ class GkeTpuCluster(Cluster):
     `max_retries_failure`; a multi-host slice restarts as a whole. The API server out of reach for
     `lost_timeout` s fails unfinished jobs. Credentials: `api_client`, else the pod's service
     account, else the kubeconfig (`context`).
+
+    A callable travels in a ConfigMap (up to 900 KiB pickled); with `payload_dir` (an fsspec URL
+    such as "gs://bucket/fray-payloads" that the pods can read) it is uploaded there instead, as
+    `<payload_dir>/<job name>.pkl`, whatever its size.
     """
 
     def __init__(
@@ -64,6 +75,7 @@ class GkeTpuCluster(Cluster):
         context: str | None = None,
         poll_interval: float = 2.0,
         lost_timeout: float = LOST_TIMEOUT,
+        payload_dir: str | None = None,
     ):
         super().__init__()
         if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", namespace or ""):
@@ -72,6 +84,7 @@ class GkeTpuCluster(Cluster):
                 "digits and '-'); write e.g. namespace='tpu-jobs'"
             )
         self.namespace, self.image = namespace, image
+        self.payload_dir = payload_dir.rstrip("/") if payload_dir else None
         self.poll_interval, self.lost_timeout = poll_interval, lost_timeout
         self._owns_client = api_client is None
         self.api_client = api_client if api_client is not None else load_client(context)
@@ -82,7 +95,12 @@ class GkeTpuCluster(Cluster):
         except Exception:
             self._close_client()
             raise
-        params = {"namespace": namespace, "image": image, "context": context}
+        params = {
+            "namespace": namespace,
+            "image": image,
+            "context": context,
+            "payload": self.payload_dir,
+        }
         self.spec = "gke?" + urlencode({k: v for k, v in params.items() if v})
         self._k8s: dict[JobId, JobState] = {}
         self._lock = threading.Lock()
@@ -104,8 +122,24 @@ class GkeTpuCluster(Cluster):
         image = (env.docker_image if env is not None else None) or self.image
         job_id = new_job_id(request)
         name = k8s_name(job_id)
-        manifests = build_manifests(request, image, namespace=self.namespace, name=name)
+        payload_url = None
+        if self.payload_dir and request.entrypoint.callable is not None:
+            payload_url = f"{self.payload_dir}/{name}.pkl"
+        elif request.entrypoint.callable is not None:
+            size = len(callable_payload(request))
+            if size > MAX_CONFIGMAP_PAYLOAD:
+                raise ValueError(
+                    f"job {request.name!r}: the pickled callable is {size} bytes, more than a "
+                    f"ConfigMap carries ({MAX_CONFIGMAP_PAYLOAD}); give the cluster a payload_dir "
+                    "the pods can read (GkeTpuCluster(..., payload_dir='gs://bucket/prefix') or "
+                    "&payload=gs://bucket/prefix in the spec), or pass paths instead of data"
+                )
+        manifests = build_manifests(
+            request, image, namespace=self.namespace, name=name, payload_url=payload_url
+        )
         secret = secret_manifest(request, name, self.namespace)
+        if payload_url is not None:
+            _upload(payload_url, callable_payload(request))
         spec = request.resources.device.spec
         kind = "jobset" if request.resources.replicas > 1 else "job"
         kind = "indexed" if kind == "job" and spec.multi_host else kind
@@ -116,6 +150,8 @@ class GkeTpuCluster(Cluster):
                 created = self._api.create(obj)
             except (GkeApiError, ConnectionError) as e:
                 self._rollback(job)
+                if payload_url is not None:
+                    _remove(payload_url)
                 raise creation_error(e, obj, self.namespace, record.secrets) from None
             job.objects.append(obj)
             job.uid = created.get("metadata", {}).get("uid", "")
@@ -497,9 +533,34 @@ class GkeTpuCluster(Cluster):
                 self.api_client.close()
 
 
+def _upload(url: str, payload: bytes) -> None:
+    """Writes a job's pickled callable where its pods read it (`python -m tpu.run <url>`)."""
+    import fsspec
+
+    try:
+        with fsspec.open(url, "wb") as f:
+            f.write(payload)
+    except Exception as e:
+        raise OSError(
+            f"cannot write the job's payload to {url} ({type(e).__name__}: {e}); check the "
+            "payload_dir and its credentials (gs:// needs gcsfs: pip install 'zephyr-dask[gcs]')"
+        ) from None
+
+
+def _remove(url: str) -> None:
+    import fsspec
+
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+        fs.rm(path)
+    except Exception as e:
+        logger.warning("could not delete the payload %s: %s", url, e)
+
+
 def cluster_from_params(params: dict[str, str]) -> GkeTpuCluster:
     """A GkeTpuCluster for `FRAY_CLUSTER_SPEC=gke?namespace=NS&image=IMAGE[&context=CTX]
-    [&poll=SECONDS][&timeout=SECONDS]`; unknown parameters raise ValueError listing the known."""
+    [&poll=SECONDS][&timeout=SECONDS][&payload=gs://bucket/prefix]`; unknown parameters raise
+    ValueError listing the known."""
     unknown = sorted(set(params) - set(_PARAMS))
     if unknown:
         raise ValueError(
@@ -521,4 +582,5 @@ def cluster_from_params(params: dict[str, str]) -> GkeTpuCluster:
         context=params.get("context") or None,
         poll_interval=numbers["poll"],
         lost_timeout=numbers["timeout"],
+        payload_dir=params.get("payload") or None,
     )

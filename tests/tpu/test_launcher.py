@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -33,6 +34,11 @@ kubernetes = pytest.importorskip("kubernetes")
 NS = "tpu"
 IMAGE = "us-docker.pkg.dev/proj/repo/train:1"
 SECRET = "hf_sekrit_value_123"
+
+
+def touch(path: str) -> None:
+    with open(path, "w") as f:
+        f.write("ran")
 
 
 def train(steps: int) -> int:
@@ -437,6 +443,35 @@ def test_api_server_lost_for_the_timeout_fails_unfinished_jobs(gke, standin):
     assert "lost contact with the Kubernetes API server" in info.error_message
 
 
+# -- payloads -------------------------------------------------------------------------------
+
+
+def test_with_a_payload_dir_the_callable_is_uploaded_and_runs_from_there(standin, tmp_path):
+    """The pods would run `python -m tpu.run <url>`; here that command runs in a real process on
+    the uploaded file (file:// stands in for gs://, both through fsspec)."""
+    api = client_for(standin.url)
+    out = tmp_path / "ran"
+    with GkeTpuCluster(NS, IMAGE, api_client=api, payload_dir=f"file://{tmp_path}/payloads/") as c:
+        job_id = c.launch(request(entrypoint=Entrypoint.from_callable(touch, [str(out)])))
+        posted = [r.body for r in standin.requests_of("POST")]
+    api.close()
+    url = f"file://{tmp_path}/payloads/{k8s_name(job_id)}.pkl"
+    assert [m["kind"] for m in posted] == ["Job"]  # no ConfigMap
+    command = posted[0]["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command == ["python", "-m", "tpu.run", url]
+    done = subprocess.run([sys.executable, *command[1:]], capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert out.read_text() == "ran"
+
+
+def test_a_callable_too_big_for_a_configmap_asks_for_a_payload_dir(gke, standin):
+    big = Entrypoint.from_callable(train, [b"x" * (1 << 20)])
+    before = len(standin.requests)
+    with pytest.raises(ValueError, match=r"more than a ConfigMap carries .*payload_dir="):
+        gke.launch(request(entrypoint=big))
+    assert len(standin.requests) == before
+
+
 # -- FRAY_CLUSTER_SPEC ------------------------------------------------------------------------
 
 
@@ -464,7 +499,13 @@ def test_gke_spec_builds_a_cluster_from_the_kubeconfig(standin, tmp_path, monkey
             "img",
             "gke?namespace=ns&image=img",
         )
-        assert cluster.host == standin.url
+        assert cluster.host == standin.url and cluster.payload_dir is None
+    finally:
+        cluster.close()
+    cluster = cluster_from_spec("gke?namespace=ns&image=img&payload=gs://b/p/")
+    try:
+        assert cluster.payload_dir == "gs://b/p"
+        assert cluster.spec == "gke?namespace=ns&image=img&payload=gs%3A%2F%2Fb%2Fp"
     finally:
         cluster.close()
     with pytest.raises(ValueError, match=r"does not take bogus .*namespace, image, context"):
