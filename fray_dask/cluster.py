@@ -272,6 +272,13 @@ class Cluster(abc.ABC):
         self._check_health()
         return [r.info() for r in self._records()]
 
+    def _fail_unfinished_jobs(self, message: str) -> None:
+        """Fails every unfinished job with `message` (the cluster lost the means to follow
+        them)."""
+        for record in self._records():
+            if not record.status.finished():
+                record.fail_unfinished(message)
+
     def _check_health(self) -> None:  # noqa: B027 - a cluster in this process is always reachable
         """Fails the unfinished jobs if the cluster can no longer report on them (called at
         least once a second while someone waits)."""

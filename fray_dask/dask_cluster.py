@@ -367,9 +367,7 @@ class DaskCluster(Cluster):
             f"for {now - self._lost_since:.0f} s); the job's processes may still run on their "
             "workers. Check the scheduler, then launch the job again"
         )
-        for record in self._records():
-            if not record.status.finished():
-                record.fail_unfinished(message)
+        self._fail_unfinished_jobs(message)
 
     # -- stopping ---------------------------------------------------------------------------
     def _stop(self, record: JobRecord) -> None:

@@ -21,7 +21,6 @@ from fray_dask.types import JobId, JobRequest, JobStatus
 from tpu.kube_api import READ_TIMEOUT, GkeApiError, KubeApi, creation_error, load_client
 from tpu.manifests import (
     JOB_LABEL,
-    MAX_CONFIGMAP_PAYLOAD,
     build_manifests,
     callable_payload,
     k8s_name,
@@ -125,15 +124,6 @@ class GkeTpuCluster(Cluster):
         payload_url = None
         if self.payload_dir and request.entrypoint.callable is not None:
             payload_url = f"{self.payload_dir}/{name}.pkl"
-        elif request.entrypoint.callable is not None:
-            size = len(callable_payload(request))
-            if size > MAX_CONFIGMAP_PAYLOAD:
-                raise ValueError(
-                    f"job {request.name!r}: the pickled callable is {size} bytes, more than a "
-                    f"ConfigMap carries ({MAX_CONFIGMAP_PAYLOAD}); give the cluster a payload_dir "
-                    "the pods can read (GkeTpuCluster(..., payload_dir='gs://bucket/prefix') or "
-                    "&payload=gs://bucket/prefix in the spec), or pass paths instead of data"
-                )
         manifests = build_manifests(
             request, image, namespace=self.namespace, name=name, payload_url=payload_url
         )
@@ -217,9 +207,7 @@ class GkeTpuCluster(Cluster):
             f"check `kubectl get jobs,jobsets,pods -n {self.namespace} -l {JOB_LABEL}` and the "
             "kubeconfig, then launch again"
         )
-        for record in self._records():
-            if not record.status.finished():
-                record.fail_unfinished(message)
+        self._fail_unfinished_jobs(message)
 
     def _check_health(self) -> None:
         self._fail_if_lost()

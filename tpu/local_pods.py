@@ -14,7 +14,7 @@ from typing import Any
 
 from fray_dask.cluster import replica_count
 from fray_dask.types import JobRequest
-from tpu.manifests import build_manifests, k8s_name, secret_manifest
+from tpu.manifests import PAYLOAD_DIR, PAYLOAD_FILE, build_manifests, k8s_name, secret_manifest
 
 __all__ = ["LOCALHOST", "LocalPod", "expand", "local_pods", "resolve_env"]
 
@@ -28,7 +28,7 @@ COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 JOBSET_JOB_INDEX = "jobset.sigs.k8s.io/job-index"
 _ANNOTATION_REF = re.compile(r"metadata\.annotations\['([^']+)'\]")
 # Where the manifests' callable command points; unused here (the payload travels in-process).
-_PAYLOAD_PATH = "/var/run/fray/payload.pkl"
+_PAYLOAD_PATH = f"{PAYLOAD_DIR}/{PAYLOAD_FILE}"
 
 
 # -- Kubernetes' env resolution -------------------------------------------------------------------

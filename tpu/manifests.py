@@ -173,7 +173,9 @@ def build_manifests(
                     f"job {request.name!r}: the pickled callable is {len(payload)} bytes, more "
                     f"than the {MAX_CONFIGMAP_PAYLOAD} bytes (900 KiB) a ConfigMap can carry; "
                     "upload callable_payload(request) and pass "
-                    "payload_url='gs://bucket/path/payload.pkl', or pass paths instead of data"
+                    "payload_url='gs://bucket/path/payload.pkl' (GkeTpuCluster does that with "
+                    "payload_dir='gs://bucket/prefix', &payload= in its spec), or pass paths "
+                    "instead of data"
                 )
             command = ["python", "-m", "tpu.run", f"{PAYLOAD_DIR}/{PAYLOAD_FILE}"]
     _check_no_secret_values(request.name, env_vars, command, payload)

@@ -20,31 +20,13 @@ from fray_dask import (
     create_environment,
 )
 from tests.fray_dask import jobs
+from tests.processes import pid_alive, wait_for_file
 
 pytestmark = pytest.mark.dask
 
 
 def request(name, fn, *args, **kwargs) -> JobRequest:
     return JobRequest(name=name, entrypoint=Entrypoint.from_callable(fn, args), **kwargs)
-
-
-def wait_for_file(path: str, timeout: float = 30) -> str:
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path} did not appear within {timeout} s")
-        time.sleep(0.02)
-    with open(path) as f:
-        return f.read()
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as f:  # a zombie is dead too
-        return f.read().split()[2] != "Z"
 
 
 def test_replicas_see_their_ids_and_logs_carry_replica_prefixes(cluster):

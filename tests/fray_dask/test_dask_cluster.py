@@ -17,7 +17,8 @@ from fray_dask import (
     current_cluster,
 )
 from tests.fray_dask import jobs
-from tests.fray_dask.test_clusters import pid_alive, request, wait_for_file
+from tests.fray_dask.test_clusters import request
+from tests.processes import pid_alive, wait_for_file
 from tests.zephyr.probes import ConcurrencyProbe
 
 pytestmark = pytest.mark.dask

@@ -75,34 +75,36 @@ def fail_worker(worker: int, folder: str, fail_attempts: int) -> None:
     """Counts attempts per replica in `folder`; replica `worker` raises on its first
     `fail_attempts` attempts (once every replica has started the attempt), the others sleep
     through those attempts (to be stopped by the gang) and return on later ones."""
-    replica = int(os.environ["FRAY_REPLICA_ID"])
-    with open(os.path.join(folder, f"attempts-{replica}"), "a") as f:
-        f.write("attempt\n")
-    with open(os.path.join(folder, f"attempts-{replica}")) as f:
-        attempt = len(f.readlines())
+    replica, attempt = _new_attempt(folder)
     if attempt <= fail_attempts:
-        if replica == worker:
-            # Fail only once every replica runs this attempt, so each counts it.
-            _wait_for_attempt(folder, int(os.environ["FRAY_REPLICA_COUNT"]), attempt)
-            raise RuntimeError(f"replica {replica} broke on attempt {attempt}")
-        time.sleep(300)
+        _break_if(replica == worker, folder, replica, attempt)
     print(f"replica {replica} done on attempt {attempt}")
 
 
 def fail_in_turn(folder: str) -> None:
     """On attempt k, replica k-1 raises (once every replica has started the attempt) and the
     others sleep to be stopped by the gang; past the replicas, every replica returns."""
+    replica, attempt = _new_attempt(folder)
+    if attempt <= int(os.environ["FRAY_REPLICA_COUNT"]):
+        _break_if(replica == attempt - 1, folder, replica, attempt)
+
+
+def _new_attempt(folder: str) -> tuple[int, int]:
+    """This replica's id and the number of its attempt, counted in `folder/attempts-<id>`."""
     replica = int(os.environ["FRAY_REPLICA_ID"])
-    count = int(os.environ["FRAY_REPLICA_COUNT"])
     with open(os.path.join(folder, f"attempts-{replica}"), "a") as f:
         f.write("attempt\n")
     with open(os.path.join(folder, f"attempts-{replica}")) as f:
-        attempt = len(f.readlines())
-    if attempt <= count:
-        if replica == attempt - 1:
-            _wait_for_attempt(folder, count, attempt)
-            raise RuntimeError(f"replica {replica} broke on attempt {attempt}")
-        time.sleep(300)
+        return replica, len(f.readlines())
+
+
+def _break_if(breaks: bool, folder: str, replica: int, attempt: int) -> None:
+    """The breaking replica raises once every replica runs this attempt (so each counts it);
+    the others sleep until the gang stops them."""
+    if breaks:
+        _wait_for_attempt(folder, int(os.environ["FRAY_REPLICA_COUNT"]), attempt)
+        raise RuntimeError(f"replica {replica} broke on attempt {attempt}")
+    time.sleep(300)
 
 
 def _wait_for_attempt(folder: str, replicas: int, attempt: int, timeout: float = 30) -> None:

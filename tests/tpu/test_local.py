@@ -9,8 +9,6 @@ interconnect.
 from __future__ import annotations
 
 import json
-import os
-import time
 
 import pytest
 
@@ -22,6 +20,7 @@ from fray_dask import (
     TpuConfig,
     cluster_from_spec,
 )
+from tests.processes import pid_alive, wait_for
 from tests.tpu import jax_jobs
 from tests.tpu.jax_jobs import noop, tpu_request
 from tpu.local import LocalTpuCluster
@@ -32,23 +31,6 @@ def tpu_cluster():
     cluster = LocalTpuCluster()
     yield cluster
     cluster.close()
-
-
-def wait_for(predicate, what: str, timeout: float = 30):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} did not happen within {timeout} s")
-        time.sleep(0.02)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as f:  # a zombie is dead too
-        return f.read().split()[2] != "Z"
 
 
 # -- the headline: JAX reads our wiring -----------------------------------------------------------
