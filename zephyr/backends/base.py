@@ -11,6 +11,8 @@ import abc
 import contextlib
 import itertools
 import logging
+import math
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -22,6 +24,10 @@ from zephyr.plan import Plan, Stage
 from zephyr.progress import StageProgress
 
 logger = logging.getLogger("zephyr")
+
+# Packed tasks aim at about this much work each: large against Dask's few milliseconds per task,
+# small against a stage's length.
+TARGET_TASK_SECONDS = 0.25
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,17 @@ class BackendConfig:
 
 class TaskLost(Exception):
     """Internal: a task was lost (its worker died); the driver may resubmit it."""
+
+
+class ClusterStalled(Exception):
+    """Raised by a backend hook when no current worker can run the remaining work and none has
+    for the backend's stall timeout. The message says why (0 workers, resources no worker has);
+    the driver loop adds which stage and how many shards are unfinished."""
+
+
+class ClusterLost(Exception):
+    """Raised by a backend hook when the connection to the cluster's scheduler is gone. The
+    message names the scheduler; the driver loop adds the stage and how far it got."""
 
 
 _UNSET = object()
@@ -72,6 +89,49 @@ def reshard_slices(lengths: list[int], num_shards: int) -> list[list[tuple[int, 
     return out
 
 
+class Packer:
+    """Draws the batches of shard specs that become tasks, sized to the shards' cost.
+
+    The first tasks of a stage run `first` shards each. As tasks finish, the stage's rate (shards
+    finished per second since its first task) says what one shard costs, and later tasks are sized
+    to about TARGET_TASK_SECONDS of work per slot: tiny shards share a task (per-task overhead is
+    paid per batch, not per record), slow shards run alone. A task never takes more than `limit`
+    shards, or so many that fewer than two tasks per slot would remain (the stage's tail stays
+    balanced). Growth is at most 8x per step, as a rate measured on small batches is dominated by
+    overhead.
+    """
+
+    def __init__(
+        self, specs: Iterable, first: int, limit: int = 1, slots: int = 1, total: int | None = None
+    ):
+        self._specs = iter(specs)
+        self._size = max(1, first)
+        self._limit = max(self._size, limit)
+        self._slots = max(1, slots)
+        self._left = total
+        self._finished = 0
+        self._t0: float | None = None
+
+    def take(self) -> list | None:
+        """The next batch of specs, or None when all are taken."""
+        if self._t0 is None:
+            self._t0 = time.monotonic()
+        batch = list(itertools.islice(self._specs, self._size))
+        if self._left is not None:
+            self._left -= len(batch)
+        return batch or None
+
+    def observe(self, finished: int) -> None:
+        """Record that `finished` more shards have finished; resize the next batches."""
+        self._finished += finished
+        if self._limit <= 1 or self._left is None or self._t0 is None or not finished:
+            return
+        elapsed = max(time.monotonic() - self._t0, 1e-6)
+        ideal = int(TARGET_TASK_SECONDS * self._finished / elapsed / self._slots)
+        balanced = math.ceil(self._left / (2 * self._slots))
+        self._size = max(1, min(ideal, 8 * self._size, balanced, self._limit))
+
+
 class Backend(abc.ABC):
     """Executes Datasets. Subclasses implement `_submit`, `_wait_any`, `_outcome` and `_cancel`.
 
@@ -103,8 +163,10 @@ class Backend(abc.ABC):
         """Run `ops` with each record of `records` as its own shard (a nested stage); stream the
         outputs in order. Called from inside a parent shard task."""
         stage = Stage(index=0, ops=ops, num_shards=-1, inputs=None, label=name)
-        tasks = ([(i, ("item", rec))] for i, rec in enumerate(records))
+        specs = ((i, ("item", rec)) for i, rec in enumerate(records))
         with self._nested_run(stage) as run:
+            # A nested stage streams its parent's records: one shard per task, nothing read ahead.
+            tasks = Packer(specs, first=1)
             for result in self._drive(run, stage, tasks, keep=False, progress=None):
                 for shard_out in result.outputs:
                     yield from shard_out
@@ -139,12 +201,26 @@ class Backend(abc.ABC):
         return 1
 
     def _pack_size(self, run: Any, num_shards: int) -> int:
-        """How many shards one task runs (packing amortises task overhead over many tiny shards)."""
+        """How many shards the first tasks of a stage run (packing amortises task overhead over
+        many tiny shards); 1 for backends whose tasks cost nothing to start."""
+        return 1
+
+    def _max_pack(self, run: Any) -> int:
+        """The most shards one task may run once shard costs are known (1: never pack)."""
+        return 1
+
+    def _slots(self, run: Any) -> int:
+        """How many tasks of this backend run at once."""
         return 1
 
     @abc.abstractmethod
     def _submit(self, run: Any, stage: Stage, shards: list, flat: bool, attempt: int) -> Any:
         """Start one task running `stage` over `shards`; return a handle."""
+
+    def _submit_many(
+        self, run: Any, stage: Stage, batches: list[list], flat: bool
+    ) -> list:  # one handle per batch, in order; backends with a cheaper bulk submit override it
+        return [self._submit(run, stage, shards, flat, 0) for shards in batches]
 
     @abc.abstractmethod
     def _wait_any(self, run: Any, handles: list) -> None:
@@ -161,6 +237,17 @@ class Backend(abc.ABC):
 
         Returns a UserCodeFailure for a failure in user code; raises TaskLost if the task was lost.
         """
+
+    def _outcomes(self, run: Any, handles: list, keep: bool) -> list:
+        """The outcomes of finished tasks, in order, fetched together where a backend can: each a
+        value as `_outcome` returns it, or a TaskLost instance for a task that was lost."""
+        values: list = []
+        for handle in handles:
+            try:
+                values.append(self._outcome(handle, keep))
+            except TaskLost as lost:
+                values.append(lost)
+        return values
 
     def _cancel(self, handles: list) -> None:  # noqa: B027 - in-process tasks cannot be cancelled
         """Stop tasks that are no longer wanted (after a failure)."""
@@ -197,8 +284,13 @@ class Backend(abc.ABC):
                     (j, ("slices", [(refs[u], a, b) for u, a, b in sl]))
                     for j, sl in enumerate(slices)
                 ]
-            pack = self._pack_size(run, len(specs))
-            tasks = (specs[i : i + pack] for i in range(0, len(specs), pack))
+            tasks = Packer(
+                specs,
+                first=self._pack_size(run, len(specs)),
+                limit=self._max_pack(run),
+                slots=self._slots(run),
+                total=len(specs),
+            )
             if progress is not None:
                 progress.start(stage, len(specs))
             try:
@@ -208,73 +300,118 @@ class Backend(abc.ABC):
                             yield from shard_out
                 else:
                     refs = list(self._drive(run, stage, tasks, keep=True, progress=progress))
-                    lengths = self._lengths(run, refs)
+                    try:
+                        lengths = self._lengths(run, refs)
+                    except (ClusterStalled, ClusterLost) as e:
+                        raise ZephyrError(_cluster_failure(stage, e, len(specs), 0, True)) from None
                     if progress is not None:
                         progress.add_records(sum(counted for _, counted in lengths))
             finally:
                 if progress is not None:
                     progress.finish()
 
-    def _drive(
-        self, run: Any, stage: Stage, tasks: Iterator[list], keep: bool, progress: Any
-    ) -> Iterator:
-        """Submit `tasks` (lists of shard specs) through a bounded window; yield their values in
+    def _drive(self, run: Any, stage: Stage, tasks: Packer, keep: bool, progress: Any) -> Iterator:
+        """Submit `tasks` (batches of shard specs) through a bounded window; yield their values in
         order.
 
-        Fails fast: a user failure in any in-flight task cancels the rest and raises ZephyrError.
+        Tasks are submitted and their outcomes fetched in batches (one round trip for all that
+        finished, not one per task). Fails fast: a user failure in any in-flight task cancels the
+        rest and raises ZephyrError; a stalled or lost cluster raises ZephyrError naming the stage
+        and how many of its shards were unfinished.
         """
         window = max(1, self._window(run))
         pending: deque[_Pending] = deque()
-        tasks = iter(tasks)
         exhausted = False
+        finished_shards = 0
         try:
             while True:
-                while not exhausted and len(pending) < window:
-                    shards = next(tasks, None)
+                fresh: list[list] = []
+                while not exhausted and len(pending) + len(fresh) < window:
+                    shards = tasks.take()
                     if shards is None:
                         exhausted = True
                         break
-                    handle = self._submit(run, stage, shards, keep, 0)
-                    pending.append(_Pending(shards, handle, 0))
+                    fresh.append(shards)
+                if fresh:
+                    handles = self._submit_many(run, stage, fresh, keep)
+                    pending.extend(_Pending(s, h, 0) for s, h in zip(fresh, handles, strict=True))
                 if not pending:
                     return
                 if pending[0].value is _UNSET and not self._done(pending[0].handle):
                     self._wait_any(run, [p.handle for p in pending if p.value is _UNSET])
                 # Fail fast: look at every finished task, not only the head of the queue.
-                for p in list(pending):
-                    if p.value is _UNSET and self._done(p.handle):
-                        self._check(run, stage, p, keep)
+                ready = [p for p in pending if p.value is _UNSET and self._done(p.handle)]
+                if ready:
+                    outcomes = self._outcomes(run, [p.handle for p in ready], keep)
+                    for p, outcome in zip(ready, outcomes, strict=True):
+                        self._check(run, stage, p, keep, outcome)
+                    tasks.observe(sum(len(p.shards) for p in ready if p.value is not _UNSET))
                 while pending and pending[0].value is not _UNSET:
                     p = pending.popleft()
+                    finished_shards += len(p.shards)
                     if progress is not None:
                         if keep:
                             progress.update(len(p.shards), 0)
                         else:
                             progress.update(len(p.shards), p.value.records, p.value.skipped)
                     yield p.value
+        except (ClusterStalled, ClusterLost) as e:
+            unfinished = sum(len(p.shards) for p in pending if p.value is _UNSET)
+            raise ZephyrError(
+                _cluster_failure(stage, e, finished_shards, unfinished, exhausted)
+            ) from None
         finally:
             if pending:
                 self._cancel([p.handle for p in pending])
 
-    def _check(self, run: Any, stage: Stage, p: _Pending, keep: bool) -> None:
+    def _check(self, run: Any, stage: Stage, p: _Pending, keep: bool, outcome: Any) -> None:
         """Raise for a user failure; resubmit a lost task (up to max_retries)."""
-        try:
-            value = self._outcome(p.handle, keep)
-        except TaskLost as lost:
+        if isinstance(outcome, TaskLost):
             if p.attempt >= self.config.max_retries:
                 first, last = p.shards[0][0], p.shards[-1][0]
                 which = f"shard {first}" if first == last else f"shards {first}-{last}"
                 raise ZephyrError(
                     f"stage '{stage.name}' {which}: the task was lost {p.attempt + 1} times "
-                    f"(max_retries={self.config.max_retries}; last: {lost}); a worker died while "
-                    "running it, often from running out of memory: raise --memory or --retries"
+                    f"(max_retries={self.config.max_retries}; last: {outcome}); a worker died "
+                    "while running it, often from running out of memory: raise --memory or "
+                    "--retries"
                 ) from None
             logger.warning(
-                "stage '%s': task lost (%s); retrying (attempt %d)", stage.name, lost, p.attempt + 2
+                "stage '%s': task lost (%s); retrying (attempt %d)",
+                stage.name,
+                outcome,
+                p.attempt + 2,
             )
             p.attempt += 1
             p.handle = self._submit(run, stage, p.shards, keep, p.attempt)
             return
-        if isinstance(value, UserCodeFailure):
-            value.raise_()
-        p.value = value
+        if isinstance(outcome, UserCodeFailure):
+            outcome.raise_()
+        p.value = outcome
+
+
+def _cluster_failure(
+    stage: Stage, error: Exception, finished: int, unfinished: int, all_submitted: bool
+) -> str:
+    """The message for a run that cannot go on because of the cluster (not the user's code)."""
+    total = stage.num_shards if stage.num_shards >= 0 else None
+    left = total - finished if total is not None else unfinished
+    queued = "" if all_submitted or total is None else f", {left - unfinished} not yet submitted"
+    where = f"stage {stage.index} '{stage.name}'"
+    done = f"{finished}/{total}" if total is not None else f"{finished}"
+    if isinstance(error, ClusterLost):
+        return (
+            f"{where}: {error}; {done} shards had finished and {left} had not ({unfinished} "
+            f"running{queued}). Outputs already committed are complete files and nothing partial "
+            "was left at a final path: restart the scheduler and its workers and run again with "
+            "skip_existing=True on the writer to compute only the missing shards"
+        )
+    if left == 0:  # every shard finished, but their outputs (kept for the next stage) are gone
+        return (
+            f"{where}: the outputs of its {done} finished shards, kept on the workers for the "
+            f"next stage, cannot be read or recomputed: {error}"
+        )
+    return (
+        f"{where}: {left} unfinished shard(s) ({unfinished} submitted{queued}, {done} finished) "
+        f"cannot run: {error}"
+    )

@@ -82,12 +82,12 @@ class Connection:
                 )
             time.sleep(0.1)
 
-    def close(self) -> None:
+    def close(self, timeout: float = 10) -> None:
         with contextlib.suppress(Exception):
-            self.client.close(timeout=10)
+            self.client.close(timeout=timeout)
         if self.cluster is not None:
             with contextlib.suppress(Exception):
-                self.cluster.close(timeout=10)
+                self.cluster.close(timeout=timeout)
 
 
 @contextlib.contextmanager

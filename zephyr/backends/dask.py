@@ -11,11 +11,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import threading
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,110 +22,38 @@ import cloudpickle
 import distributed
 from distributed import Client
 
-from zephyr.backends.base import Backend, BackendConfig, TaskLost
+from zephyr.backends.base import Backend, BackendConfig, ClusterLost, ClusterStalled, TaskLost
 from zephyr.backends.config import make_config
 from zephyr.backends.connection import Connection, connect
-from zephyr.errors import UserCodeFailure, ZephyrError
-from zephyr.kernels import TaskResult, run_task
+from zephyr.backends.dask_tasks import Opaque, dask_task, result_lengths, semaphore
+from zephyr.errors import ZephyrError
+from zephyr.kernels import TaskResult
 from zephyr.plan import Nested, Plan, Stage
 
 logger = logging.getLogger("zephyr")
 
-# Shards per task at most, and the number of tasks per execution slot below which shards are not
-# packed.
-MAX_PACK = 64
+# Shards per task: at most FIRST_PACK in a stage's first tasks, packed only beyond TASKS_PER_SLOT
+# tasks per execution slot; later tasks are sized by the shards' measured cost, up to MAX_PACK
+# (zephyr.backends.base.Packer).
+FIRST_PACK = 64
 TASKS_PER_SLOT = 32
+MAX_PACK = 4096
 # Stages pickled smaller than this travel inside each task; larger ones are broadcast once.
 INLINE_PAYLOAD_BYTES = 64 * 1024
 
 
-class UserTaskError(Exception):
-    """Raised by a task when user code failed (Dask never retries it); carries the description."""
-
-    def __init__(self, failure: UserCodeFailure):
-        super().__init__(failure.message)
-        self.failure = failure
-
-    def __reduce__(self) -> tuple:
-        return (UserTaskError, (self.failure,))
-
-
-# -- worker side
-_STAGE_CACHE: OrderedDict[str, Stage] = OrderedDict()
-_SEMAPHORES: dict[str, distributed.Semaphore] = {}
-_CACHE_LOCK = threading.Lock()
-
-
-def _load_stage(token: str, payload: bytes) -> Stage:
-    """Unpickle a stage once per worker process (tasks of a stage share the scattered payload)."""
-    with _CACHE_LOCK:
-        stage = _STAGE_CACHE.get(token)
-        if stage is None:
-            stage = cloudpickle.loads(payload)
-            _STAGE_CACHE[token] = stage
-            while len(_STAGE_CACHE) > 32:
-                _STAGE_CACHE.popitem(last=False)
-        return stage
-
-
-def _semaphore(name: str, leases: int) -> distributed.Semaphore:
-    with _CACHE_LOCK:
-        sem = _SEMAPHORES.get(name)
-        if sem is None:
-            sem = _SEMAPHORES[name] = distributed.Semaphore(max_leases=leases, name=name)
-        return sem
-
-
-@contextlib.contextmanager
-def _slot(sem_name: str | None, leases: int) -> Iterator[None]:
-    """Hold one lease of the backend's cluster-wide semaphore. While waiting for it the task secedes
-    from the worker's thread pool, so waiting tasks never starve running ones of threads."""
-    if sem_name is None:
-        yield
-        return
-    sem = _semaphore(sem_name, leases)
-    if not sem.acquire(timeout=0):
-        distributed.secede()
-        try:
-            sem.acquire()
-        finally:
-            distributed.rejoin()
-    try:
-        yield
-    finally:
-        sem.release()
-
-
-class _Opaque:
-    """Hides a list of source items from Dask, which would otherwise walk every element looking for
-    futures (items hold none; reshard specs do and are passed as they are)."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any):
-        self.value = value
-
-
-def _dask_task(
-    payload: bytes, token: str, shards: Any, flat: bool, sem: str | None, leases: int
-) -> TaskResult:
-    if isinstance(shards, _Opaque):
-        shards = shards.value
-    stage = _load_stage(token, payload)
-    with _slot(sem, leases):
-        result = run_task(stage, shards, flat)
-    if isinstance(result, UserCodeFailure):
-        raise UserTaskError(result)
-    return result
-
-
-def _result_lengths(result: TaskResult) -> tuple[int, int]:
-    return len(result.outputs), result.records
-
-
 # -- driver side
-def _task_states(keys: list, dask_scheduler: Any = None) -> list[str]:
-    return [dask_scheduler.tasks[k].state for k in keys if k in dask_scheduler.tasks]
+def _cluster_view(keys: list, dask_scheduler: Any = None) -> dict:
+    """On the scheduler: how many workers it has, and the states of `keys` and of their unfinished
+    dependencies (a reshard's tasks wait on upstream results that may need recomputing)."""
+    states = []
+    for key in keys:
+        ts = dask_scheduler.tasks.get(key)
+        if ts is None:
+            continue
+        states.append(ts.state)
+        states.extend(dep.state for dep in ts.dependencies if dep.state != "memory")
+    return {"workers": len(dask_scheduler.workers), "states": states}
 
 
 @dataclass
@@ -179,7 +106,7 @@ class DaskBackend(Backend):
     @property
     def connection(self) -> Connection:
         # Reconnect if another backend sharing this address closed the client.
-        if self._conn is None or self._conn.client.status == "closed":
+        if self._conn is None or self._conn.client.status != "running":
             self._conn = connect(self.address, self.connect_timeout)
         return self._conn
 
@@ -276,7 +203,7 @@ class DaskBackend(Backend):
         resources = self._check_resources(workers)
         if self.config.max_parallelism:  # register the backend's cluster-wide semaphore once
             with conn.client.as_current():
-                _semaphore(self.semaphore_name, self.config.max_parallelism)
+                semaphore(self.semaphore_name, self.config.max_parallelism)
         threads = sum(w.get("nthreads", 1) for w in workers)
         return _Run(conn, uuid.uuid4().hex[:8], resources, payloads, threads)
 
@@ -310,53 +237,105 @@ class DaskBackend(Backend):
         return slots if slots < run.threads else 2 * slots
 
     def _pack_size(self, run: _Run, num_shards: int) -> int:
-        return max(1, min(MAX_PACK, math.ceil(num_shards / (TASKS_PER_SLOT * self._slots(run)))))
+        return max(1, min(FIRST_PACK, math.ceil(num_shards / (TASKS_PER_SLOT * self._slots(run)))))
 
-    def _submit(self, run: _Run, stage: Stage, shards: list, flat: bool, attempt: int) -> Any:
+    def _max_pack(self, run: _Run) -> int:
+        return MAX_PACK
+
+    def _payload(self, run: _Run, stage: Stage) -> Any:
         payload = run.payloads[id(stage)]
         if isinstance(payload, bytes) and len(payload) > INLINE_PAYLOAD_BYTES:
             # A large stage (a closure over a lookup table) is copied to every worker once, not
             # once per task; with every worker holding it, the scheduler may place tasks anywhere.
-            payload = run.client.scatter(payload, hash=False, broadcast=True)
+            payload = self._call(run, run.client.scatter, payload, hash=False, broadcast=True)
             run.payloads[id(stage)] = payload
-        key = f"zephyr-{stage.key_name}-{shards[0][0]}-{run.token}"
-        if attempt:
-            key += f"-retry{attempt}"
-        if all(spec[0] == "item" for _, spec in shards):
-            shards = _Opaque(shards)
+        return payload
+
+    def _submit(self, run: _Run, stage: Stage, shards: list, flat: bool, attempt: int) -> Any:
+        return self._submit_tasks(run, stage, [shards], flat, attempt)[0]
+
+    def _submit_many(self, run: _Run, stage: Stage, batches: list[list], flat: bool) -> list:
+        return self._submit_tasks(run, stage, batches, flat, 0)
+
+    def _submit_tasks(
+        self, run: _Run, stage: Stage, batches: list[list], flat: bool, attempt: int
+    ) -> list:
+        """Submit one task per batch of shards in a single message to the scheduler."""
+        payload = self._payload(run, stage)
+        keys, args = [], []
+        for shards in batches:
+            key = f"zephyr-{stage.key_name}-{shards[0][0]}-{run.token}"
+            keys.append(f"{key}-retry{attempt}" if attempt else key)
+            args.append(Opaque(shards) if all(spec[0] == "item" for _, spec in shards) else shards)
         # A stage that fans out to a nested pool mostly waits for its inner tasks, which carry the
         # resources: Dask keeps a seceded task's resources, so claiming them here too could leave
         # no worker able to run the inner tasks.
         resources = None if stage.has_nested else run.resources
-        return run.client.submit(
-            _dask_task, payload, f"{run.token}-{stage.index}", shards, flat,
-            self.semaphore_name, self.config.max_parallelism or 0,
-            key=key, resources=resources, pure=False,
+        n = len(batches)
+        return self._call(
+            run, run.client.map, dask_task, [payload] * n, [f"{run.token}-{stage.index}"] * n,
+            args, [flat] * n, [self.semaphore_name] * n, [self.config.max_parallelism or 0] * n,
+            key=keys, resources=resources, pure=False,
         )  # fmt: skip
 
+    # -- waiting: every wait has a deadline, and the stall rule runs whenever one passes
+    @property
+    def _poll(self) -> float:
+        return min(5.0, max(0.2, self.no_worker_timeout / 4))
+
+    def _call(self, run: _Run, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        """Call the client; a failure caused by a lost scheduler becomes ClusterLost."""
+        try:
+            return fn(*args, **kwargs)
+        except (ClusterLost, ClusterStalled, TaskLost, ZephyrError):
+            raise
+        except Exception as e:
+            self._raise_if_lost(run, e)
+            raise
+
+    def _raise_if_lost(self, run: _Run, error: BaseException | None) -> None:
+        """Raise ClusterLost if the client has lost its scheduler (after `error`, if any)."""
+        client = run.client
+        comm_error = isinstance(error, (distributed.comm.CommClosedError, OSError))
+        if client.status == "running" and not comm_error:
+            return
+        address = client.scheduler.address if client.scheduler else self.address
+        cause = f" ({type(error).__name__})" if error is not None else ""
+        if run.conn.owns and run.conn.cluster is None:
+            run.conn.close(timeout=1)  # stop reconnecting; the next execute connects afresh
+        raise ClusterLost(f"lost the connection to the Dask scheduler at {address}{cause}")
+
     def _wait_any(self, run: _Run, handles: list) -> None:
-        # Dask keeps a task that no worker can run in state no-worker forever, silently (e.g. when
-        # the only workers offering MEMORY leave). Wake up now and then to look for that.
-        poll = min(5.0, max(0.2, self.no_worker_timeout / 4))
+        # Dask keeps a task that no worker can run waiting forever, silently (queued with no
+        # workers at all, no-worker when no worker has its resources): wake up now and then to
+        # apply the stall rule.
         while True:
             try:
                 with run.client.as_current():
-                    distributed.wait(handles, timeout=poll, return_when="FIRST_COMPLETED")
+                    distributed.wait(handles, timeout=self._poll, return_when="FIRST_COMPLETED")
                 return
             except TimeoutError:
                 self._check_stalled(run, handles)
+            except (CancelledError, distributed.comm.CommClosedError, OSError) as e:
+                self._raise_if_lost(run, e)  # cancelled futures or a closed comm
+                return  # the outcomes say which tasks were cancelled (then resubmitted)
 
     def _check_stalled(self, run: _Run, handles: list) -> None:
-        """Raise once tasks have waited `no_worker_timeout` s with no worker able to run them."""
-        states = run.client.run_on_scheduler(_task_states, [h.key for h in handles])
+        """Raise ClusterStalled once the tasks have waited `no_worker_timeout` s with no worker
+        able to run them (no workers at all, or none with their resources)."""
+        view = self._call(run, run.client.run_on_scheduler, _cluster_view, [h.key for h in handles])
         reason = None
-        if "no-worker" in states or "queued" in states:
-            try:
-                workers = run.conn.workers(timeout=0)
-            except ZephyrError as e:
-                reason = str(e)
-            else:
-                reason = _unsatisfiable(run.resources or {}, workers)
+        if view["workers"] == 0:
+            reason = (
+                f"the Dask scheduler at {run.client.scheduler.address} has 0 workers; start "
+                "workers (dask worker <scheduler address>) or check why they died (out of "
+                "memory, preempted, killed)"
+            )
+        elif "no-worker" in view["states"]:
+            workers = self._call(run, run.conn.workers, timeout=0)
+            reason = _unsatisfiable(run.resources or {}, workers) or (
+                "tasks wait in state no-worker: no connected worker satisfies their restrictions"
+            )
         if reason is None:
             run.stalled_since = None
             return
@@ -364,36 +343,90 @@ class DaskBackend(Backend):
         if run.stalled_since is None:
             run.stalled_since = now
         elif now - run.stalled_since >= self.no_worker_timeout:
-            raise ZephyrError(
-                f"tasks have waited {now - run.stalled_since:.0f} s (no_worker_timeout="
-                f"{self.no_worker_timeout:g}) with no worker able to run them: {reason}"
+            raise ClusterStalled(
+                f"no worker has been able to run them for {now - run.stalled_since:.0f} s (the "
+                f"rule: no_worker_timeout={self.no_worker_timeout:g} s): {reason}"
             )
 
     def _done(self, handle: Any) -> bool:
         return handle.done()
 
     def _outcome(self, handle: Any, keep: bool) -> Any:
-        status = handle.status
-        if status == "finished":
-            return handle if keep else handle.result()
-        if status == "error":
-            exc = handle.exception()
-            if isinstance(exc, UserTaskError):
-                return exc.failure
-            if isinstance(exc, distributed.scheduler.KilledWorker):
-                raise TaskLost(f"{type(exc).__name__}: {exc}")
-            raise ZephyrError(
-                f"Dask task {handle.key} failed outside user code: {type(exc).__name__}: {exc}"
-            ) from exc
-        raise TaskLost(f"task {handle.key} is {status}")
+        raise NotImplementedError("DaskBackend fetches outcomes in batches (_outcomes)")
+
+    def _outcomes(self, run: _Run, handles: list, keep: bool) -> list:
+        values: list = [None] * len(handles)
+        fetch: list[int] = []
+        for i, handle in enumerate(handles):
+            status = handle.status
+            if status == "finished":
+                # Future.type is reported with the task's completion: a kept result stays on the
+                # cluster unless it is a failure (or its type is unknown) and must be read.
+                if keep and handle.type is TaskResult:
+                    values[i] = handle
+                else:
+                    fetch.append(i)
+            elif status == "error":
+                values[i] = self._error_outcome(run, handle)
+            else:  # cancelled (by a lost scheduler, or one that restarted) or lost with its data
+                self._raise_if_lost(run, None)
+                values[i] = TaskLost(f"task {handle.key} is {status}")
+        if fetch:
+            fetched = self._gather(run, [handles[i] for i in fetch])
+            for i, value in zip(fetch, fetched, strict=True):
+                kept = keep and isinstance(value, TaskResult)
+                values[i] = handles[i] if kept else value
+        return values
+
+    def _error_outcome(self, run: _Run, handle: Any) -> Any:
+        exc = self._call(run, handle.exception, timeout=self._poll)
+        if isinstance(exc, distributed.scheduler.KilledWorker):
+            return TaskLost(f"{type(exc).__name__}: {exc}")
+        self._raise_if_lost(run, exc)
+        raise ZephyrError(
+            f"Dask task {handle.key} failed outside user code: {type(exc).__name__}: {exc}"
+        ) from exc
+
+    def _gather(self, run: _Run, futures: list) -> list:
+        """The values of finished `futures`, fetched together. A result whose worker died before it
+        was fetched is recomputed by Dask; meanwhile the stall rule applies."""
+        client = run.client
+        while True:
+            try:
+                # Client.gather has no deadline of its own; its coroutine with one is the same call.
+                return client.sync(client._gather, futures, callback_timeout=self._poll)
+            except TimeoutError:
+                self._check_stalled(run, futures)
+            except Exception as e:
+                self._raise_if_lost(run, e)
+                return [self._gather_one(run, f) for f in futures]
+
+    def _gather_one(self, run: _Run, future: Any) -> Any:
+        """One future's outcome after a batch fetch failed (a task failed or was lost meanwhile)."""
+        self._wait_any(run, [future])
+        if future.status == "finished":
+            try:
+                return self._call(run, future.result, timeout=self._poll)
+            except TimeoutError:  # lost again between the wait and the fetch
+                return TaskLost(f"task {future.key}: its result was lost before it was fetched")
+        if future.status == "error":
+            return self._error_outcome(run, future)
+        self._raise_if_lost(run, None)
+        return TaskLost(f"task {future.key} is {future.status}")
 
     def _cancel(self, handles: list) -> None:
         with contextlib.suppress(Exception):
             client = handles[0].client
-            client.cancel(handles, force=True)
+            if client.status == "running":
+                client.cancel(handles, force=True)
 
     def _lengths(self, run: _Run, refs: list) -> list[tuple[int, int]]:
-        return run.client.gather(run.client.map(_result_lengths, refs, pure=False))
+        futures = self._call(run, run.client.map, result_lengths, refs, pure=False)
+        lengths = self._gather(run, futures)
+        lost = [x for x in lengths if not isinstance(x, tuple)]
+        if lost:
+            raise ClusterStalled(f"{len(lost)} of them were lost with their workers ({lost[0]})")
+        return lengths
 
     def close(self) -> None:
         """Close this backend's own connection (an embedded cluster stays up for other backends;

@@ -1,0 +1,95 @@
+"""The worker side of DaskBackend: what one Dask task runs (a stage over a batch of shards).
+
+Imports distributed (for the semaphore) but nothing of the driver. A task returns a TaskResult, or a
+UserCodeFailure when user code raised: failures travel as values, so Dask neither retries them nor
+logs them as a crash ("Compute Failed") on the worker; the driver sees the value's type without
+fetching it (Future.type) and raises the ZephyrError. Only infrastructure failures (a lost worker)
+make a task fail in Dask's eyes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any
+
+import cloudpickle
+import distributed
+
+from zephyr.errors import UserCodeFailure
+from zephyr.kernels import TaskResult, run_task
+from zephyr.plan import Stage
+
+_STAGE_CACHE: OrderedDict[str, Stage] = OrderedDict()
+_SEMAPHORES: dict[str, distributed.Semaphore] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load_stage(token: str, payload: bytes) -> Stage:
+    """Unpickle a stage once per worker process (tasks of a stage share the scattered payload)."""
+    with _CACHE_LOCK:
+        stage = _STAGE_CACHE.get(token)
+        if stage is None:
+            stage = cloudpickle.loads(payload)
+            _STAGE_CACHE[token] = stage
+            while len(_STAGE_CACHE) > 32:
+                _STAGE_CACHE.popitem(last=False)
+        return stage
+
+
+def semaphore(name: str, leases: int) -> distributed.Semaphore:
+    """The cluster-wide semaphore `name` (one object per process and name)."""
+    with _CACHE_LOCK:
+        sem = _SEMAPHORES.get(name)
+        if sem is None:
+            sem = _SEMAPHORES[name] = distributed.Semaphore(max_leases=leases, name=name)
+        return sem
+
+
+@contextlib.contextmanager
+def _slot(sem_name: str | None, leases: int) -> Iterator[None]:
+    """Hold one lease of the backend's cluster-wide semaphore. While waiting for it the task secedes
+    from the worker's thread pool, so waiting tasks never starve running ones of threads."""
+    if sem_name is None:
+        yield
+        return
+    sem = semaphore(sem_name, leases)
+    if not sem.acquire(timeout=0):
+        distributed.secede()
+        try:
+            sem.acquire()
+        finally:
+            distributed.rejoin()
+    try:
+        yield
+    finally:
+        sem.release()
+
+
+class Opaque:
+    """Hides a list of source items from Dask, which would otherwise walk every element looking for
+    futures (items hold none; reshard specs do and are passed as they are)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any):
+        self.value = value
+
+
+def dask_task(
+    payload: bytes, token: str, shards: Any, flat: bool, sem: str | None, leases: int
+) -> TaskResult | UserCodeFailure:
+    """Run the stage pickled in `payload` over `shards` on this worker, holding a lease of the
+    semaphore `sem` if the backend caps its parallelism."""
+    if isinstance(shards, Opaque):
+        shards = shards.value
+    stage = load_stage(token, payload)
+    with _slot(sem, leases):
+        return run_task(stage, shards, flat)
+
+
+def result_lengths(result: TaskResult) -> tuple[int, int]:
+    """(number of output records, records counted) of a kept task result."""
+    return len(result.outputs), result.records
