@@ -183,7 +183,11 @@ class Dataset:
         return self.flat_map(functools.partial(load_zip_members, pattern=pattern))
 
     def write_jsonl(
-        self, pattern: str | Callable[[int, int], str], *, skip_existing: bool = False
+        self,
+        pattern: str | Callable[[int, int], str],
+        *,
+        skip_existing: bool = False,
+        non_finite: str = "error",
     ) -> Dataset:
         """Write each shard to one JSON Lines file; the pipeline then yields the written paths.
 
@@ -191,8 +195,16 @@ class Dataset:
         file's name without extensions), or be a callable `(shard_idx, total) -> path`. `.gz`,
         `.zst` and `.xz` compress. Files are committed atomically. With `skip_existing=True`, a
         shard whose output exists is not computed at all (its input is not even opened).
+
+        JSON has no NaN or Infinity. A record holding one (at any depth, numpy floats included)
+        fails the shard with an error naming the field, unless `non_finite` is "token" (written
+        as `NaN`, `Infinity`, `-Infinity`, as Python's json does; load_jsonl reads them back) or
+        "null" (written as null).
         """
-        return self._with(WriteOp("jsonl", pattern, skip_existing=_flag(skip_existing)))
+        from zephyr.io.jsonl import check_non_finite
+
+        options = {"non_finite": check_non_finite(non_finite)}
+        return self._with(WriteOp("jsonl", pattern, options, skip_existing=_flag(skip_existing)))
 
     def write_parquet(
         self,

@@ -7,8 +7,10 @@ Real files on local disk and memory://, read back with pyarrow itself.
 from __future__ import annotations
 
 import itertools
+import math
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -139,6 +141,29 @@ def test_inferred_schema_widens_for_new_fields_nulls_and_wider_numbers(tmp_path,
         {"id": r["id"], "x": r["x"], "n": float(r["n"]), "late": r.get("late")} for r in records
     ]
     assert [n for n in (tmp_path).iterdir()] == [tmp_path / "w.parquet"]
+
+
+@pytest.mark.parametrize("schema", [None, {"v": pa.float32(), "xs": pa.list_(pa.float64())}])
+def test_nan_and_infinity_stay_themselves_not_null(tmp_path, monkeypatch, schema):
+    monkeypatch.setattr(zparquet, "CONVERT_ROWS", 2)  # inferred: v is int first, widened to double
+    nan, inf = float("nan"), float("inf")
+    head = [{"v": 1, "xs": [0.5]}, {"v": 2, "xs": []}] if schema is None else []
+    records = [*head, {"v": nan, "xs": [inf, nan]}, {"v": -inf, "xs": [-inf]}, {"v": 3.0, "xs": []}]
+    [path] = SyncBackend().execute(
+        Dataset.from_list([0])
+        .flat_map(lambda _: records)
+        .write_parquet(str(tmp_path / "f.parquet"), schema=schema)
+    )
+    table = pq.read_table(path)
+    v, xs = table["v"].combine_chunks(), pc.list_flatten(table["xs"])
+    assert v.null_count == 0 and xs.null_count == 0
+    assert pc.sum(pc.is_nan(v)).as_py() == 1
+    assert pc.sum(pc.is_inf(xs)).as_py() == 2
+    back = list(Dataset.from_list([path]).load_parquet().execute(SyncBackend()))
+    k = len(head)
+    assert math.isnan(back[k]["v"]) and back[k + 1]["v"] == -inf
+    assert back[k]["xs"][0] == inf and math.isnan(back[k]["xs"][1]) and back[k + 1]["xs"] == [-inf]
+    assert back[k + 2] == {"v": 3.0, "xs": []}
 
 
 def test_fields_that_cannot_share_a_type_fail_clearly_and_write_nothing(tmp_path, monkeypatch):

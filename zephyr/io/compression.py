@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import io
 import lzma
 import zlib
 from collections.abc import Iterator
@@ -119,12 +120,29 @@ def iter_chunks(path: str) -> Iterator[bytes]:
 
 
 def iter_lines(path: str) -> Iterator[bytes]:
-    """The lines of a (possibly compressed) file, without line endings, read in large chunks."""
-    tail = b""
+    """The lines of a (possibly compressed) file, split on b"\\n" only and without it, read in
+    chunks of CHUNK_BYTES; the last line is yielded even without a final newline.
+
+    Time is linear in the file's size whatever its line lengths; memory is about one chunk plus the
+    longest line.
+    """
+    # A line crossing chunks is carried in a BytesIO that grows in place (its getvalue() hands
+    # the buffer over without a copy): re-joining a growing prefix with every chunk would copy a
+    # line of N bytes N / CHUNK_BYTES times, and a list of pieces joined at the end would hold
+    # the line twice.
+    carry = io.BytesIO()
     for chunk in iter_chunks(path):
-        lines = (tail + chunk).split(b"\n")
-        tail = lines.pop()
+        lines = chunk.split(b"\n")
+        if len(lines) == 1:  # no line ends in this chunk
+            carry.write(chunk)
+            continue
+        if carry.tell():
+            carry.write(lines[0])
+            lines[0] = carry.getvalue()
+            carry = io.BytesIO()
+        carry.write(lines.pop())
         yield from lines
+    tail = carry.getvalue()
     if tail:
         yield tail
 
