@@ -20,6 +20,7 @@ from zephyr.errors import UserCodeFailure, ZephyrError
 from zephyr.kernels import existing_stage_outputs
 from zephyr.plan import Plan, Stage
 from zephyr.progress import StageProgress
+from zephyr.quarantine import StageErrors
 
 logger = logging.getLogger("zephyr")
 
@@ -169,6 +170,23 @@ class Backend(abc.ABC):
         """(number of output records, records counted) of each kept intermediate result."""
         return [(len(r.outputs), r.records) for r in refs]
 
+    def _kept_errors(self, run: Any, refs: list) -> list | None:
+        """The `errors` of kept results that `_drive` saw only as references (None when it saw
+        the TaskResults themselves and has counted them already)."""
+        return None
+
+    def _count_kept_errors(self, run: Any, stage: Stage, refs: list, progress: Any) -> None:
+        """Enforce max_errors and count skipped records of a stage whose results stayed on the
+        cluster (they are fetched only when the stage may skip records)."""
+        errors = StageErrors.of(stage)
+        kept = self._kept_errors(run, refs) if errors is not None else None
+        if kept is None:
+            return
+        quarantined = sum(errors.add(e) for e in kept)
+        if progress is not None:
+            progress.add_records(0, quarantined)
+        errors.finish()
+
     # -- the driver loop
     def _run_plan(self, plan: Plan, run: Any) -> Iterator:
         progress = self.progress
@@ -209,6 +227,7 @@ class Backend(abc.ABC):
                 else:
                     refs = list(self._drive(run, stage, tasks, keep=True, progress=progress))
                     lengths = self._lengths(run, refs)
+                    self._count_kept_errors(run, stage, refs, progress)
                     if progress is not None:
                         progress.add_records(sum(counted for _, counted in lengths))
             finally:
@@ -224,6 +243,7 @@ class Backend(abc.ABC):
         Fails fast: a user failure in any in-flight task cancels the rest and raises ZephyrError.
         """
         window = max(1, self._window(run))
+        errors = StageErrors.of(stage)  # None unless the stage may skip records
         pending: deque[_Pending] = deque()
         tasks = iter(tasks)
         exhausted = False
@@ -237,6 +257,8 @@ class Backend(abc.ABC):
                     handle = self._submit(run, stage, shards, keep, 0)
                     pending.append(_Pending(shards, handle, 0))
                 if not pending:
+                    if errors is not None:
+                        errors.finish()  # a fractional max_errors needs every result
                     return
                 if pending[0].value is _UNSET and not self._done(pending[0].handle):
                     self._wait_any(run, [p.handle for p in pending if p.value is _UNSET])
@@ -246,11 +268,12 @@ class Backend(abc.ABC):
                         self._check(run, stage, p, keep)
                 while pending and pending[0].value is not _UNSET:
                     p = pending.popleft()
+                    bad = errors.add(getattr(p.value, "errors", None)) if errors else 0
                     if progress is not None:
                         if keep:
-                            progress.update(len(p.shards), 0)
+                            progress.update(len(p.shards), 0, quarantined=bad)
                         else:
-                            progress.update(len(p.shards), p.value.records, p.value.skipped)
+                            progress.update(len(p.shards), p.value.records, p.value.skipped, bad)
                     yield p.value
         finally:
             if pending:

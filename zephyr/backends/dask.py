@@ -124,6 +124,10 @@ def _result_lengths(result: TaskResult) -> tuple[int, int]:
     return len(result.outputs), result.records
 
 
+def _result_errors(result: TaskResult) -> dict | None:
+    return result.errors
+
+
 # -- driver side
 def _task_states(keys: list, dask_scheduler: Any = None) -> list[str]:
     return [dask_scheduler.tasks[k].state for k in keys if k in dask_scheduler.tasks]
@@ -394,6 +398,9 @@ class DaskBackend(Backend):
 
     def _lengths(self, run: _Run, refs: list) -> list[tuple[int, int]]:
         return run.client.gather(run.client.map(_result_lengths, refs, pure=False))
+
+    def _kept_errors(self, run: _Run, refs: list) -> list | None:
+        return run.client.gather(run.client.map(_result_errors, refs, pure=False))
 
     def close(self) -> None:
         """Close this backend's own connection (an embedded cluster stays up for other backends;
