@@ -3,7 +3,8 @@
 Runs inside whatever process a backend chose (driver, thread, Dask worker); imports no Dask. Records
 stream: a shard is materialised only when an op needs all of it (a reshard boundary keeps its
 stage's output). User-code failures are described here, once, with the stage, shard, input and
-record.
+record, and where a reader produced the record (`zephyr.io.provenance`); records that an op with
+on_error="skip" leaves out go to the shard's quarantine (`zephyr.quarantine`) instead.
 """
 
 from __future__ import annotations

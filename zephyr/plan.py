@@ -99,6 +99,10 @@ class Plan:
             )
             for op in stage.ops:
                 lines.append(f"      {op.detail}")
+            if stage.quarantine is not None:
+                first = stage.inputs[0] if stage.inputs else None
+                where = stage.quarantine.describe(stage.num_shards, first)
+                lines.append(f"      bad records (on_error='skip') -> {where}")
         return "\n".join(lines)
 
     def __str__(self) -> str:

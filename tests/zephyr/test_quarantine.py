@@ -400,24 +400,6 @@ def test_a_stage_before_a_reshard_quarantines_beside_the_final_outputs(backend, 
         list(bounded.execute(backend))
 
 
-def test_skipping_without_a_writer_needs_a_folder_named_before_anything_runs(tmp_path):
-    ds = Dataset.from_list([1, 2, 3]).map(fail_on_3, on_error="skip")
-    with pytest.raises(
-        ValueError,
-        match=r"map\(fail_on_3\) has on_error='skip' but stage 0 'map' "
-        r"writes no files and no later stage does.*pass quarantine='<folder>'",
-    ):
-        ds.compute_plan()
-    with pytest.raises(ValueError, match=r"several quarantine folders"):
-        Dataset.from_list([1]).map(fail_on_3, on_error="skip", quarantine="a").filter(
-            bool, on_error="skip", quarantine="b"
-        ).compute_plan()
-    with pytest.raises(ValueError, match=r"not supported on an op given another backend"):
-        Dataset.from_list([1]).map(
-            fail_on_3, backend=SyncBackend(), on_error="skip", quarantine="q"
-        ).compute_plan()
-
-
 @pytest.mark.parametrize(
     "build, error, match",
     [
