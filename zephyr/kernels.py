@@ -319,10 +319,10 @@ def run_task(
         info = ShardInfo(shard_idx, stage.num_shards, source, stage.name)
         pos.clear()  # no position of an earlier shard run by this thread may leak into this one
         quarantine = None
-        if stage.quarantine is not None:
-            path = stage.quarantine.path(shard_idx, stage.num_shards, source)
-            quarantine = ShardQuarantine(path, stage.name, shard_idx, source, stage.ops)
         try:
+            if stage.quarantine is not None:
+                path = stage.quarantine.path(shard_idx, stage.num_shards, source)
+                quarantine = ShardQuarantine(path, stage.name, shard_idx, source, stage.ops)
             produced = run_ops(stage.ops, shard_records(spec), info, counter, quarantine)
             if flat:
                 outputs.extend(produced)
