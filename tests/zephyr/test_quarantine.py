@@ -417,10 +417,13 @@ def test_bad_on_error_settings_raise_when_the_op_is_added(build, error, match):
 
 
 def test_parquet_and_zip_readers_refuse_on_error_skip():
+    from zephyr import load_zip_members
     from zephyr.io.parquet import load_parquet
 
     with pytest.raises(ValueError, match=r"load_parquet has no bad records to skip"):
         Dataset.from_list(["a.parquet"]).flat_map(load_parquet, on_error="skip")
+    with pytest.raises(ValueError, match=r"load_zip_members has no bad records to skip"):
+        Dataset.from_list(["a.zip"]).flat_map(load_zip_members, on_error="skip")
 
 
 def test_long_records_and_lines_are_cut_in_the_quarantine(backend, tmp_path):
