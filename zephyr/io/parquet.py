@@ -58,7 +58,7 @@ def load_parquet(path: str, columns: list[str] | None = None) -> Iterator[dict]:
                 batch_size=READ_BATCH_ROWS, columns=columns, use_threads=False
             )
             pos = current_position()
-            pos.file, pos.line = path, None  # rows are not numbered: a per-row store would cost
+            pos.file, pos.line = path, None  # no row number: rows leave in batches (yield from)
             for batch in batches:
                 yield from batch.to_pylist()
             pos.file = None
