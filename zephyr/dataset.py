@@ -10,7 +10,9 @@ import posixpath
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from zephyr.io.provenance import check_on_error
 from zephyr.ops import (
+    DEFAULT_MAX_ERRORS,
     FilterOp,
     FlatMapOp,
     MapOp,
@@ -20,8 +22,10 @@ from zephyr.ops import (
     TakePerShardOp,
     WindowOp,
     WriteOp,
+    reader_name,
 )
 from zephyr.plan import Plan, compute_plan
+from zephyr.quarantine import check_max_errors
 
 
 def _check_callable(fn: object, method: str) -> None:
@@ -33,6 +37,17 @@ def _flag(value: object) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"skip_existing takes True or False, got {value!r}")
     return value
+
+
+def _on_error(method: str, on_error: object, max_errors: object, quarantine: object) -> dict:
+    """The validated on_error settings of a record op, as MapOp/FlatMapOp/FilterOp keywords."""
+    check_on_error(on_error, f"Dataset.{method}")
+    check_max_errors(max_errors, f"Dataset.{method}")
+    if quarantine is not None and (not isinstance(quarantine, str) or not quarantine):
+        raise TypeError(
+            f"Dataset.{method} takes quarantine as a folder path string, got {quarantine!r}"
+        )
+    return {"on_error": on_error, "max_errors": max_errors, "quarantine": quarantine}
 
 
 def _check_positive(n: object, method: str, minimum: int = 1) -> None:
@@ -106,29 +121,81 @@ class Dataset:
     def _with(self, op: Any) -> Dataset:
         return Dataset(self._source, self._ops + (op,))
 
-    def map(self, fn: Callable[[Any], Any], backend: Any = None) -> Dataset:
+    def map(
+        self,
+        fn: Callable[[Any], Any],
+        backend: Any = None,
+        *,
+        on_error: str = "raise",
+        max_errors: int | float | None = DEFAULT_MAX_ERRORS,
+        quarantine: str | None = None,
+    ) -> Dataset:
         """Apply `fn` to every record. With `backend`, this op runs there, one task per record,
         nested inside each shard of the executing backend (bounded by that backend's
-        max_parallelism)."""
+        max_parallelism).
+
+        `on_error="skip"`: a record for which `fn` raises is left out and quarantined (see the
+        README's "Bad records"); more than `max_errors` such records in the stage (a count, or a
+        float in (0, 1): a fraction of the records this op saw; None: no bound) fail the run.
+        `quarantine` names the folder of the quarantine files (default: `_quarantine/` beside the
+        outputs of the stage's writer, or of the next writer downstream).
+        """
         _check_callable(fn, "map")
-        return self._with(MapOp(fn, backend))
+        return self._with(MapOp(fn, backend, **_on_error("map", on_error, max_errors, quarantine)))
 
-    def flat_map(self, fn: Callable[[Any], Iterable], backend: Any = None) -> Dataset:
+    def flat_map(
+        self,
+        fn: Callable[[Any], Iterable],
+        backend: Any = None,
+        *,
+        on_error: str = "raise",
+        max_errors: int | float | None = DEFAULT_MAX_ERRORS,
+        quarantine: str | None = None,
+    ) -> Dataset:
         """Apply `fn` to every record and stream every item of the iterable it returns
-        (`.flat_map(load_jsonl)` turns file paths into records)."""
-        _check_callable(fn, "flat_map")
-        return self._with(FlatMapOp(fn, backend))
+        (`.flat_map(load_jsonl)` turns file paths into records).
 
-    def filter(self, pred: Callable[[Any], bool]) -> Dataset:
-        """Keep the records for which `pred(record)` returns True."""
+        `on_error="skip"` (with `max_errors` and `quarantine` as in `map`) leaves out a record for
+        which `fn` raises, with everything it yielded: a record's first 1024 outputs are held back
+        until it is done; a record that raises after yielding more fails the run. Given a reader
+        (`load_jsonl`, `load_file`), `on_error="skip"` skips its malformed lines instead, and a
+        corrupt or truncated file still fails; `load_parquet` and `load_zip_members` have no
+        bad records to skip and refuse it.
+        """
+        _check_callable(fn, "flat_map")
+        settings = _on_error("flat_map", on_error, max_errors, quarantine)
+        reader = reader_name(fn)
+        if on_error == "skip" and reader is not None:
+            if reader not in ("load_jsonl", "load_file"):
+                raise ValueError(
+                    f"Dataset.flat_map: {reader} has no bad records to skip (a row or member "
+                    "reads whole or the file is corrupt, which is not a record error), got "
+                    "on_error='skip'; drop it, or skip files in your own reader function"
+                )
+            # The reader skips and quarantines bad lines itself; a whole-file failure still fails.
+            fn, settings["on_error"] = functools.partial(fn, on_error="skip"), "raise"
+        return self._with(FlatMapOp(fn, backend, **settings))
+
+    def filter(
+        self,
+        pred: Callable[[Any], bool],
+        *,
+        on_error: str = "raise",
+        max_errors: int | float | None = DEFAULT_MAX_ERRORS,
+        quarantine: str | None = None,
+    ) -> Dataset:
+        """Keep the records for which `pred(record)` returns True. `on_error`, `max_errors` and
+        `quarantine` as in `map` (a record whose predicate raises is quarantined, not kept)."""
         _check_callable(pred, "filter")
-        return self._with(FilterOp(pred))
+        return self._with(FilterOp(pred, **_on_error("filter", on_error, max_errors, quarantine)))
 
     def map_shard(self, fn: Callable[[Iterator, Any], Iterable]) -> Dataset:
         """Call `fn(records, shard_info)` once per shard; stream what it returns.
 
         `records` is an iterator over the shard's records; `shard_info` is a `ShardInfo` with
         `shard_idx`, `total_shards` and `input` (the shard's source item, or None after a reshard).
+        It takes no `on_error`: its function sees the whole shard, not one record, so there is no
+        record to skip; catch errors per record inside it.
         """
         _check_callable(fn, "map_shard")
         return self._with(MapShardOp(fn))
@@ -151,11 +218,21 @@ class Dataset:
         _check_positive(num_shards, "reshard")
         return self._with(ReshardOp(num_shards))
 
-    def load_jsonl(self) -> Dataset:
-        """Shorthand for `.flat_map(load_jsonl)`: file paths in, records out."""
+    def load_jsonl(
+        self,
+        *,
+        on_error: str = "raise",
+        max_errors: int | float | None = DEFAULT_MAX_ERRORS,
+        quarantine: str | None = None,
+    ) -> Dataset:
+        """Shorthand for `.flat_map(load_jsonl)`: file paths in, records out. `on_error="skip"`
+        skips and quarantines lines that are not valid JSON (`max_errors` counts them, or as a
+        fraction, compares them with the lines read); a truncated or corrupt file still fails."""
         from zephyr.io.jsonl import load_jsonl
 
-        return self.flat_map(load_jsonl)
+        return self.flat_map(
+            load_jsonl, on_error=on_error, max_errors=max_errors, quarantine=quarantine
+        )
 
     def load_parquet(self, columns: list[str] | None = None) -> Dataset:
         """Shorthand for `.flat_map(load_parquet)`, reading only `columns` when given."""
@@ -167,12 +244,22 @@ class Dataset:
             raise TypeError(f"load_parquet columns must be a list of names, got {columns!r}")
         return self.flat_map(functools.partial(load_parquet, columns=list(columns)))
 
-    def load_file(self) -> Dataset:
+    def load_file(
+        self,
+        *,
+        on_error: str = "raise",
+        max_errors: int | float | None = DEFAULT_MAX_ERRORS,
+        quarantine: str | None = None,
+    ) -> Dataset:
         """Shorthand for `.flat_map(load_file)`: each path is read by the reader its extension
-        names (JSON Lines, compressed or not, or Parquet)."""
+        names (JSON Lines, compressed or not, or Parquet). `on_error="skip"` as in `load_jsonl`
+        for JSON Lines; Parquet has no bad records to skip, and a corrupt file of either kind
+        still fails."""
         from zephyr.io.readers import load_file
 
-        return self.flat_map(load_file)
+        return self.flat_map(
+            load_file, on_error=on_error, max_errors=max_errors, quarantine=quarantine
+        )
 
     def load_zip_members(self, pattern: str = "*") -> Dataset:
         """Shorthand for `.flat_map(load_zip_members)`: `{"filename", "content"}` per member."""

@@ -3,7 +3,8 @@
 Runs inside whatever process a backend chose (driver, thread, Dask worker); imports no Dask. Records
 stream: a shard is materialised only when an op needs all of it (a reshard boundary keeps its
 stage's output). User-code failures are described here, once, with the stage, shard, input and
-record.
+record, and where a reader produced the record (`zephyr.io.provenance`); records that an op with
+on_error="skip" leaves out go to the shard's quarantine (`zephyr.quarantine`) instead.
 """
 
 from __future__ import annotations
@@ -16,9 +17,20 @@ from typing import Any
 from zephyr.errors import UserCodeFailure, ZephyrError, _WrappedUserError, short_repr
 from zephyr.io.atomic import existing_outputs, output_exists
 from zephyr.io.paths import render_path
+from zephyr.io.provenance import current_position
 from zephyr.io.writers import write_records
-from zephyr.ops import FilterOp, FlatMapOp, MapOp, MapShardOp, TakePerShardOp, WindowOp, WriteOp
+from zephyr.ops import (
+    FilterOp,
+    FlatMapOp,
+    MapOp,
+    MapShardOp,
+    TakePerShardOp,
+    WindowOp,
+    WriteOp,
+    reader_name,
+)
 from zephyr.plan import Nested, Stage
+from zephyr.quarantine import OpErrors, ShardQuarantine, merge_stats
 
 _NO_RECORD = object()
 
@@ -45,15 +57,25 @@ def _where(info: ShardInfo) -> str:
     return where
 
 
-def _wrap(info: ShardInfo, what: str, exc: Exception, record: object) -> _WrappedUserError:
-    msg = f"{_where(info)}: {what} raised {type(exc).__name__}: {exc}"
+def _wrap(
+    info: ShardInfo, what: str, exc: Exception, record: object, at: str = "", tail: str = ""
+) -> _WrappedUserError:
+    msg = f"{_where(info)}: {what} raised {type(exc).__name__}: {exc}{tail}"
     if record is not _NO_RECORD:
         msg += f"; record: {short_repr(record)}"
+        if at:
+            msg += f" (read from {at})"
     return _WrappedUserError(UserCodeFailure.capture(msg, exc))
 
 
 def _guarded(gen_fn: Callable[..., Iterator], op: Any, info: ShardInfo) -> Callable[..., Iterator]:
-    """Run a kernel generator, describing any exception it raises (once) with the op and shard."""
+    """Run a kernel generator, describing any exception it raises (once) with the op and shard.
+
+    A record op's failure also names where its record was read (the file and line a reader set
+    last in this thread); a reader's own failure already names its file and line."""
+    located = isinstance(op, (MapOp, FilterOp)) or (
+        isinstance(op, FlatMapOp) and reader_name(op.fn) is None
+    )
 
     def run(it: Iterator, *args: Any) -> Iterator:
         state = {"record": _NO_RECORD}
@@ -62,7 +84,8 @@ def _guarded(gen_fn: Callable[..., Iterator], op: Any, info: ShardInfo) -> Calla
         except _WrappedUserError:
             raise
         except Exception as e:
-            raise _wrap(info, op.detail, e, state["record"]) from e
+            at = current_position().describe() if located else ""
+            raise _wrap(info, op.detail, e, state["record"], at) from e
 
     return run
 
@@ -86,6 +109,87 @@ def _filter(it: Iterator, state: dict, pred: Callable) -> Iterator:
             yield rec
 
 
+# -- on_error="skip": a record whose function raises is quarantined and left out
+FLAT_MAP_BUFFER = 1024  # outputs of one record held back so that a failed record leaves nothing
+
+
+def _map_skip(it: Iterator, state: dict, fn: Callable, errors: OpErrors) -> Iterator:
+    for rec in it:
+        state["record"] = rec
+        errors.seen += 1
+        try:
+            out = fn(rec)
+        except Exception as e:
+            errors.skip(e, rec)
+            continue
+        yield out
+
+
+def _filter_skip(it: Iterator, state: dict, pred: Callable, errors: OpErrors) -> Iterator:
+    for rec in it:
+        state["record"] = rec
+        errors.seen += 1
+        try:
+            keep = pred(rec)
+        except Exception as e:
+            errors.skip(e, rec)
+            continue
+        if keep:
+            yield rec
+
+
+def _flat_map_skip(
+    it: Iterator, state: dict, fn: Callable, errors: OpErrors, op: FlatMapOp, info: ShardInfo
+) -> Iterator:
+    """All or nothing per record: its first FLAT_MAP_BUFFER outputs are held back, so a record
+    that raises within them contributes nothing. A record with more outputs streams the rest,
+    and a failure after that fails the shard (its first outputs were already passed on)."""
+    pos = current_position()
+    for rec in it:
+        state["record"] = rec
+        errors.seen += 1
+        if op.reader_skips:
+            pos.op = errors
+        try:
+            outputs = iter(fn(rec))
+            held = list(itertools.islice(outputs, FLAT_MAP_BUFFER + 1))
+        except Exception as e:
+            errors.skip(e, rec)
+            continue
+        yield from held
+        if len(held) <= FLAT_MAP_BUFFER:
+            continue
+        try:
+            yield from outputs
+        except _WrappedUserError:
+            raise
+        except Exception as e:
+            tail = (
+                f" after yielding more than {FLAT_MAP_BUFFER} outputs for one record, so "
+                "on_error='skip' cannot leave that record out whole (its first outputs were "
+                "passed on); make the function yield fewer items per record, or let it skip "
+                "its own bad items"
+            )
+            raise _wrap(info, op.detail, e, rec, tail=tail) from e
+
+
+def _flat_map_reader(it: Iterator, state: dict, fn: Callable, errors: OpErrors) -> Iterator:
+    """flat_map over a reader that skips bad lines itself: they are counted under this op."""
+    pos = current_position()
+    for rec in it:
+        state["record"] = rec
+        pos.op = errors
+        yield from fn(rec)
+
+
+def _then_commit(it: Iterator, quarantine: ShardQuarantine) -> Iterator:
+    """The records of a shard, then its quarantine file committed: the writer sees the end of its
+    input after that, so the quarantine file is in place before the output is (a shard skipped
+    with skip_existing never loses its quarantine file)."""
+    yield from it
+    quarantine.commit()
+
+
 def _map_shard(it: Iterator, state: dict, fn: Callable, info: ShardInfo) -> Iterator:
     yield from fn(it, info)
 
@@ -95,12 +199,23 @@ def _window(it: Iterator, size: int) -> Iterator:
         yield batch
 
 
-def _write(it: Iterator, state: dict, op: WriteOp, info: ShardInfo, counter: list) -> Iterator:
+def _write(
+    it: Iterator,
+    state: dict,
+    op: WriteOp,
+    info: ShardInfo,
+    counter: list,
+    quarantine: ShardQuarantine | None,
+) -> Iterator:
     path = render_path(op.pattern, info.shard_idx, info.total_shards, info.input)
     if op.skip_existing and output_exists(path):
         # `it` is never iterated, so nothing upstream runs: the shard's input is not even opened.
         counter[1] += 1
+        if quarantine is not None:
+            quarantine.keep_existing()
     else:
+        if quarantine is not None:
+            it = _then_commit(it, quarantine)
         counter[0] += write_records(op.format, it, path, op.options)
     yield path
 
@@ -111,18 +226,37 @@ def _counted(it: Iterable, counter: list) -> Iterator:
         yield rec
 
 
-def run_ops(ops: tuple, records: Iterable, info: ShardInfo, counter: list) -> Iterator:
+def run_ops(
+    ops: tuple,
+    records: Iterable,
+    info: ShardInfo,
+    counter: list,
+    quarantine: ShardQuarantine | None = None,
+) -> Iterator:
     """Chain `ops` over `records` lazily; `counter[0]` counts records written (else produced),
-    `counter[1]` shards skipped because their output existed."""
+    `counter[1]` shards skipped because their output existed. Ops that skip records report them
+    to `quarantine` (the shard's, present when the stage has such ops)."""
     it: Iterator = iter(records)
     wrote = False
-    for op in ops:
+    errors = quarantine.ops if quarantine is not None else {}
+    for i, op in enumerate(ops):
         if isinstance(op, MapOp):
-            it = _guarded(_map, op, info)(it, op.fn)
+            if op.on_error == "skip":
+                it = _guarded(_map_skip, op, info)(it, op.fn, errors[i])
+            else:
+                it = _guarded(_map, op, info)(it, op.fn)
         elif isinstance(op, FlatMapOp):
-            it = _guarded(_flat_map, op, info)(it, op.fn)
+            if op.on_error == "skip":
+                it = _guarded(_flat_map_skip, op, info)(it, op.fn, errors[i], op, info)
+            elif op.reader_skips:
+                it = _guarded(_flat_map_reader, op, info)(it, op.fn, errors[i])
+            else:
+                it = _guarded(_flat_map, op, info)(it, op.fn)
         elif isinstance(op, FilterOp):
-            it = _guarded(_filter, op, info)(it, op.pred)
+            if op.on_error == "skip":
+                it = _guarded(_filter_skip, op, info)(it, op.pred, errors[i])
+            else:
+                it = _guarded(_filter, op, info)(it, op.pred)
         elif isinstance(op, MapShardOp):
             it = _guarded(_map_shard, op, info)(it, op.fn, info)
         elif isinstance(op, WindowOp):
@@ -130,7 +264,7 @@ def run_ops(ops: tuple, records: Iterable, info: ShardInfo, counter: list) -> It
         elif isinstance(op, TakePerShardOp):
             it = itertools.islice(it, op.n)
         elif isinstance(op, WriteOp):
-            it = _guarded(_write, op, info)(it, op, info, counter)
+            it = _guarded(_write, op, info)(it, op, info, counter, quarantine)
             wrote = True
         elif isinstance(op, Nested):
             it = _guarded(_nested, op, info)(it, op, info)
@@ -148,12 +282,14 @@ def _nested(it: Iterator, state: dict, op: Nested, info: ShardInfo) -> Iterator:
 
 @dataclass
 class TaskResult:
-    """What one task returns: per-shard output lists (or one flat list), the record count and how
-    many shards were skipped because their output existed."""
+    """What one task returns: per-shard output lists (or one flat list), the record count, how
+    many shards were skipped because their output existed, and the skipped (quarantined) records
+    per op ({op index: [skipped, seen, sample]}, None when the stage skips nothing)."""
 
     outputs: list
     records: int
     skipped: int = 0
+    errors: dict | None = None
 
 
 def shard_records(spec: Any) -> Iterable:
@@ -176,20 +312,34 @@ def run_task(
     """
     outputs: list = []
     counter = [0, 0]
+    errors: dict | None = {} if stage.quarantine is not None else None
+    pos = current_position()
     for shard_idx, spec in shards:
         source = spec[1] if spec[0] == "item" else None
         info = ShardInfo(shard_idx, stage.num_shards, source, stage.name)
+        pos.clear()  # no position of an earlier shard run by this thread may leak into this one
+        quarantine = None
         try:
-            produced = run_ops(stage.ops, shard_records(spec), info, counter)
+            if stage.quarantine is not None:
+                path = stage.quarantine.path(shard_idx, stage.num_shards, source)
+                quarantine = ShardQuarantine(path, stage.name, shard_idx, source, stage.ops)
+            produced = run_ops(stage.ops, shard_records(spec), info, counter, quarantine)
             if flat:
                 outputs.extend(produced)
             else:
                 outputs.append(list(produced))
+            if quarantine is not None:
+                quarantine.commit()  # no-op when the writer committed it already
+                merge_stats(errors, quarantine.stats())
         except _WrappedUserError as e:
+            if quarantine is not None:
+                quarantine.abort(e)
             return e.failure
         except Exception as e:  # a failure outside any op (e.g. reading an upstream slice)
+            if quarantine is not None:
+                quarantine.abort(e)
             return UserCodeFailure.capture(f"{_where(info)}: {type(e).__name__}: {e}", e)
-    return TaskResult(outputs, counter[0], counter[1])
+    return TaskResult(outputs, counter[0], counter[1], errors)
 
 
 def existing_stage_outputs(stage: Stage) -> list[str] | None:

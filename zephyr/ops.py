@@ -19,6 +19,40 @@ def callable_name(fn: Callable) -> str:
     return (name or type(fn).__name__).replace(".<locals>.", ".")
 
 
+def reader_name(fn: Callable) -> str | None:
+    """The name of a zephyr reader (`load_jsonl`, ...), also inside a functools.partial."""
+    return getattr(getattr(fn, "func", fn), "_zephyr_reader", None)
+
+
+def _reader_skips(fn: Callable) -> bool:
+    """Whether `fn` is a reader told to skip bad lines: functools.partial(load_jsonl,
+    on_error="skip")."""
+    keywords = getattr(fn, "keywords", None) or {}
+    return reader_name(fn) is not None and keywords.get("on_error") == "skip"
+
+
+DEFAULT_MAX_ERRORS = 1000
+
+
+@dataclass(frozen=True, kw_only=True)
+class _RecordOp:
+    """Settings shared by map, flat_map and filter: what happens when the function raises.
+
+    `on_error="skip"` quarantines the record and goes on; `max_errors` bounds how many records
+    this op may skip in a stage (an int is a count, a float in (0, 1) a fraction of the records
+    the op saw; None: no bound); `quarantine` is an explicit folder for the quarantine files.
+    """
+
+    on_error: str = "raise"
+    max_errors: int | float | None = DEFAULT_MAX_ERRORS
+    quarantine: str | None = None
+
+    @property
+    def skips(self) -> bool:
+        """Whether records may be skipped under this op (by it, or by the reader it calls)."""
+        return self.on_error == "skip"
+
+
 @dataclass(frozen=True)
 class SourceOp:
     """Where shards come from: one shard per item (a list element or a file path)."""
@@ -34,7 +68,7 @@ class SourceOp:
 
 
 @dataclass(frozen=True)
-class MapOp:
+class MapOp(_RecordOp):
     """Apply fn to every record; one record out per record in."""
 
     fn: Callable
@@ -50,7 +84,7 @@ class MapOp:
 
 
 @dataclass(frozen=True)
-class FlatMapOp:
+class FlatMapOp(_RecordOp):
     """Apply fn to every record and stream every element of the iterable it returns."""
 
     fn: Callable
@@ -66,9 +100,18 @@ class FlatMapOp:
     def detail(self) -> str:
         return f"flat_map({callable_name(self.fn)})"
 
+    @property
+    def reader_skips(self) -> bool:
+        """Whether fn is a reader that skips bad lines itself (and reports them to this op)."""
+        return _reader_skips(self.fn)
+
+    @property
+    def skips(self) -> bool:
+        return self.on_error == "skip" or self.reader_skips
+
 
 @dataclass(frozen=True)
-class FilterOp:
+class FilterOp(_RecordOp):
     """Keep the records for which pred returns True."""
 
     pred: Callable

@@ -8,11 +8,12 @@ its parent.
 
 from __future__ import annotations
 
+import posixpath
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from zephyr.io.paths import validate_pattern
+from zephyr.io.paths import QUARANTINE_DIR, QuarantineTarget, render_path, validate_pattern
 from zephyr.ops import RECORD_OPS, ReshardOp, SourceOp, WriteOp
 
 
@@ -47,6 +48,7 @@ class Stage:
     inputs: tuple | None
     reshard_from: int | None = None
     label: str | None = None  # a given display name (nested stages are named after their parent)
+    quarantine: QuarantineTarget | None = None  # where skipped records go; None: nothing skips
 
     @property
     def name(self) -> str:
@@ -97,6 +99,10 @@ class Plan:
             )
             for op in stage.ops:
                 lines.append(f"      {op.detail}")
+            if stage.quarantine is not None:
+                first = stage.inputs[0] if stage.inputs else None
+                where = stage.quarantine.describe(stage.num_shards, first)
+                lines.append(f"      bad records (on_error='skip') -> {where}")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -144,4 +150,64 @@ def compute_plan(source: SourceOp, ops: tuple, executor: Any = None) -> Plan:
             validate_pattern(op.pattern, num_shards, inputs)
         current.append(op)
     close()
-    return Plan(source, tuple(stages))
+    return Plan(source, tuple(_with_quarantine(stages)))
+
+
+def _with_quarantine(stages: list[Stage]) -> list[Stage]:
+    """Give each stage with an op that may skip records its quarantine target; raise ValueError
+    (before any work starts) when skipped records would have nowhere to go."""
+    out = []
+    for k, stage in enumerate(stages):
+        skipping = [op for op in stage.ops if getattr(op, "skips", False)]
+        for op in stage.ops:
+            if isinstance(op, Nested) and any(getattr(o, "skips", False) for o in op.ops):
+                raise ValueError(
+                    f"{op.detail}: on_error='skip' is not supported on an op given another "
+                    "backend; drop backend= or on_error='skip' from that op"
+                )
+        if not skipping:
+            out.append(stage)
+            continue
+        writer_at = next((i for i, op in enumerate(stage.ops) if isinstance(op, WriteOp)), None)
+        late = [
+            op
+            for i, op in enumerate(stage.ops)
+            if writer_at is not None and i > writer_at and getattr(op, "skips", False)
+        ]
+        if late:
+            raise ValueError(
+                f"{late[0].detail} has on_error='skip' but comes after "
+                f"{stage.ops[writer_at].detail} in stage {stage.index} '{stage.name}', so its "
+                "skipped records could not be committed with the shard's output; move it before "
+                "the writer"
+            )
+        folders = sorted({op.quarantine for op in skipping if op.quarantine is not None})
+        if len(folders) > 1:
+            raise ValueError(
+                f"stage {stage.index} '{stage.name}' is given several quarantine folders "
+                f"{folders}; a stage's skipped records go to one folder: give the same one"
+            )
+        folder = folders[0].rstrip("/") if folders else None
+        writer = stage.ops[writer_at].pattern if writer_at is not None else None
+        if folder is None and writer is None:
+            folder = _downstream_folder(stages[k + 1 :])
+            if folder is None:
+                raise ValueError(
+                    f"{skipping[0].detail} has on_error='skip' but stage {stage.index} "
+                    f"'{stage.name}' writes no files and no later stage does, so its skipped "
+                    "records have no place to go; pass quarantine='<folder>' (e.g. "
+                    "quarantine='gs://bucket/quarantine') or end the pipeline in a writer"
+                )
+        out.append(replace(stage, quarantine=QuarantineTarget(folder, writer, stage.index)))
+    return out
+
+
+def _downstream_folder(later: list[Stage]) -> str | None:
+    """`_quarantine/` beside the output of shard 0 of the first writer in a later stage."""
+    for stage in later:
+        for op in stage.ops:
+            if isinstance(op, WriteOp):
+                first = stage.inputs[0] if stage.inputs else None
+                out = render_path(op.pattern, 0, max(stage.num_shards, 1), first)
+                return posixpath.join(posixpath.dirname(out), QUARANTINE_DIR)
+    return None

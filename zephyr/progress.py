@@ -37,19 +37,22 @@ class StageProgress:
         self._done = 0
         self._records = 0
         self._skipped = 0
+        self._quarantined = 0
         self._t0 = time.monotonic()
         self._last_draw = 0.0
         self._draw(force=True)
 
-    def update(self, shards: int, records: int, skipped: int = 0) -> None:
+    def update(self, shards: int, records: int, skipped: int = 0, quarantined: int = 0) -> None:
         self._done += shards
         self._records += records
         self._skipped += skipped
+        self._quarantined += quarantined
         self._draw()
 
-    def add_records(self, records: int) -> None:
+    def add_records(self, records: int, quarantined: int = 0) -> None:
         """Records counted after the fact (stages whose outputs stay on the cluster)."""
         self._records += records
+        self._quarantined += quarantined
 
     def finish(self) -> None:
         if self._stage is None:
@@ -60,8 +63,13 @@ class StageProgress:
             sys.stderr.write("\n")
             sys.stderr.flush()
         skipped = f" ({self._skipped} skipped: output exists)" if self._skipped else ""
+        target = getattr(self._stage, "quarantine", None)
+        quarantined = ""
+        if target is not None:
+            where = target.describe(self._total, (self._stage.inputs or (None,))[0])
+            quarantined = f", {self._quarantined} bad records quarantined in {where}"
         logger.info(
-            "stage %d '%s': %d/%d shards%s, %d records in %.1f s (%.0f records/s)",
+            "stage %d '%s': %d/%d shards%s, %d records in %.1f s (%.0f records/s)%s",
             self._stage.index,
             self._stage.name,
             self._done,
@@ -70,6 +78,7 @@ class StageProgress:
             self._records,
             elapsed,
             self._records / elapsed if elapsed > 0 else 0.0,
+            quarantined,
         )
         self._stage = None
 
@@ -88,5 +97,7 @@ class StageProgress:
             f"\r[{bar}] stage {self._stage.index} {self._stage.name[:40]}: "
             f"{self._done}/{self._total} shards, {self._records / elapsed:,.0f} records/s"
         )
+        if self._quarantined:
+            line += f", {self._quarantined:,} quarantined"
         sys.stderr.write(line)
         sys.stderr.flush()

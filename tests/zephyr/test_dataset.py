@@ -140,6 +140,28 @@ def test_from_files_skips_hidden_files_such_as_unfinished_write_temporaries(tmp_
     )
 
 
+def test_from_files_leaves_out_underscore_names_a_wildcard_matched(tmp_path):
+    """`_quarantine/` (skipped records) and `_SUCCESS`-style markers sit beside outputs; a glob
+    over the output folder reads only the data, unless the pattern names them."""
+    write_jsonl(tmp_path / "part-0.jsonl", [{"i": 0}])
+    (tmp_path / "_SUCCESS").write_text("")
+    (tmp_path / "_quarantine").mkdir()
+    write_jsonl(tmp_path / "_quarantine" / "part-0.jsonl", [{"bad": 1}])
+    (tmp_path / "sub" / ".hidden").mkdir(parents=True)
+    write_jsonl(tmp_path / "sub" / ".hidden" / "x.jsonl", [{"i": 2}])
+    write_jsonl(tmp_path / "sub" / "part-1.jsonl", [{"i": 1}])
+
+    def found(pattern: str) -> list[str]:
+        items = Dataset.from_files(str(tmp_path / pattern)).compute_plan().source.items
+        return [os.path.relpath(p, tmp_path) for p in items]
+
+    assert found("*") == ["part-0.jsonl"]
+    assert found("**") == ["part-0.jsonl", "sub/part-1.jsonl"]
+    assert found("**/*.jsonl") == ["part-0.jsonl", "sub/part-1.jsonl"]
+    assert found("_quarantine/*.jsonl") == ["_quarantine/part-0.jsonl"]
+    assert found("_*") == ["_SUCCESS"]
+
+
 @dask
 def test_from_files_two_argument_form(backend, tmp_path):
     (tmp_path / "raw").mkdir()

@@ -22,7 +22,7 @@ import pytest
 import zstandard
 
 from tests.zephyr.probes import wait_until_idle
-from zephyr import Dataset, SyncBackend, ZephyrError
+from zephyr import Dataset, SyncBackend, ZephyrError, load_jsonl
 
 PER_SHARD = 50
 
@@ -211,3 +211,38 @@ def _run_unprivileged(locked: Path, fn) -> str:
         data = f.read()
     os.waitpid(pid, 0)
     return pickle.loads(data)
+
+
+def text_of(doc):
+    return doc["text"].upper()
+
+
+def read_all(paths):
+    for p in paths:
+        yield from load_jsonl(p)
+
+
+@pytest.mark.parametrize("value", [b"[1]", b"5", b'"x"'], ids=["list", "number", "string"])
+@pytest.mark.parametrize("shape", ["from_files", "flat_map", "several_files_per_shard"])
+def test_a_line_that_is_not_an_object_fails_later_naming_the_file_and_line(
+    backend, tmp_path, value, shape
+):
+    """Any JSON value is a record, but when a later op fails on it the error says where it was
+    read, even when the file is not the shard's input."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    other = folder / "a.jsonl"
+    other.write_bytes(b'{"text": "fine"}\n')
+    path = folder / "b.jsonl"
+    path.write_bytes(b'{"text": "a"}\n\n' + value + b'\n{"text": "c"}\n')
+    if shape == "from_files":
+        ds = Dataset.from_files(str(folder), "*.jsonl").load_jsonl()
+    elif shape == "flat_map":
+        ds = Dataset.from_list([str(other), str(path)]).flat_map(load_jsonl)
+    else:
+        ds = Dataset.from_list([[str(other), str(path)]]).flat_map(read_all)
+    with pytest.raises(ZephyrError) as info:
+        list(ds.filter(lambda doc: True).map(text_of).execute(backend))
+    message = str(info.value)
+    assert "map(text_of) raised TypeError" in message
+    assert f"record: {json.loads(value)!r} (read from {path} line 3)" in message

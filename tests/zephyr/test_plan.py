@@ -352,3 +352,60 @@ def test_importing_zephyr_does_not_import_dask_or_pyarrow():
     )
     heavy = heavy_modules_loaded(code, ("dask", "distributed", "pyarrow"))
     assert heavy == [], f"heavy modules imported: {heavy}"
+
+
+# -- where skipped records go (on_error="skip") ----------------------------------------------------
+def test_a_skipping_stage_quarantines_beside_its_own_writer_named_after_each_output():
+    plan = (
+        files_dataset()
+        .map(double, on_error="skip")
+        .write_jsonl("gs://b/clean/{basename}.jsonl.gz")
+        .compute_plan()
+    )
+    (stage,) = plan.stages
+    assert stage.quarantine.path(2, 4, FILES[2]) == "gs://b/clean/_quarantine/part-0002.jsonl"
+    assert "      bad records (on_error='skip') -> gs://b/clean/_quarantine/" in plan.describe()
+    # a folder given on the op keeps the names
+    stage = (
+        files_dataset()
+        .map(double, on_error="skip", quarantine="q/")
+        .write_jsonl("out/{shard}/data.jsonl")
+        .compute_plan()
+        .stages[0]
+    )
+    assert stage.quarantine.path(3, 4, FILES[3]) == "q/data.jsonl"
+
+
+def test_a_stage_without_a_writer_uses_the_next_writers_folder_or_the_one_given():
+    ds = files_dataset().filter(keep_even, on_error="skip").reshard(2).map(double)
+    first, second = ds.write_jsonl("out/{shard:03d}.jsonl").compute_plan().stages
+    assert first.quarantine.path(1, 4, FILES[1]) == "out/_quarantine/stage0-00001.jsonl"
+    assert second.quarantine is None  # it skips nothing
+    given = files_dataset().map(double, on_error="skip", quarantine="mem/q").compute_plan()
+    assert given.stages[0].quarantine.path(0, 4, FILES[0]) == "mem/q/stage0-00000.jsonl"
+    # a reader told to skip bad lines counts as skipping
+    reader = Dataset.from_list(FILES).load_jsonl(on_error="skip").write_jsonl("o/{shard}.jsonl")
+    assert reader.compute_plan().stages[0].quarantine is not None
+    assert (
+        files_dataset().write_jsonl("o/{shard}.jsonl").compute_plan().stages[0].quarantine is None
+    )
+
+
+def test_skipping_without_a_writer_needs_a_folder_named_before_anything_runs(tmp_path):
+    ds = Dataset.from_list([1, 2, 3]).map(double, on_error="skip")
+    with pytest.raises(
+        ValueError,
+        match=r"map\(double\) has on_error='skip' but stage 0 'map' "
+        r"writes no files and no later stage does.*pass quarantine='<folder>'",
+    ):
+        ds.compute_plan()
+    with pytest.raises(ValueError, match=r"several quarantine folders"):
+        Dataset.from_list([1]).map(double, on_error="skip", quarantine="a").filter(
+            bool, on_error="skip", quarantine="b"
+        ).compute_plan()
+    with pytest.raises(ValueError, match=r"not supported on an op given another backend"):
+        Dataset.from_list([1]).map(
+            double, backend=SyncBackend(), on_error="skip", quarantine="q"
+        ).compute_plan()
+    with pytest.raises(ValueError, match=r"map\(double\) has on_error='skip' but comes after "):
+        Dataset.from_list([1]).write_jsonl("o.jsonl").map(double, on_error="skip").compute_plan()

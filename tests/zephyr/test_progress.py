@@ -22,3 +22,18 @@ def test_no_bar_when_stderr_is_not_a_terminal(capsys):
     backend.progress = StageProgress(live=False)
     assert list(backend.execute(Dataset.from_list([1]))) == [1]
     assert "shards" not in capsys.readouterr().err
+
+
+def _fails_on_odd(x):
+    if x % 2:
+        raise ValueError("odd")
+    return x
+
+
+def test_terminal_bar_counts_quarantined_records(capsys, tmp_path):
+    backend = SyncBackend()
+    backend.progress = StageProgress(live=True)
+    ds = Dataset.from_list(range(5)).map(_fails_on_odd, on_error="skip", quarantine=str(tmp_path))
+    assert list(backend.execute(ds)) == [0, 2, 4]
+    last = capsys.readouterr().err.rstrip("\n").split("\r")[-1]
+    assert "stage 0 map: 5/5 shards" in last and last.endswith(", 2 quarantined")

@@ -22,6 +22,7 @@ from zephyr.errors import UserCodeFailure, ZephyrError
 from zephyr.kernels import existing_stage_outputs
 from zephyr.plan import Plan, Stage
 from zephyr.progress import StageProgress
+from zephyr.quarantine import StageErrors
 
 logger = logging.getLogger("zephyr")
 
@@ -252,15 +253,28 @@ class Backend(abc.ABC):
     def _cancel(self, handles: list) -> None:  # noqa: B027 - in-process tasks cannot be cancelled
         """Stop tasks that are no longer wanted (after a failure)."""
 
-    def _lengths(self, run: Any, refs: list) -> list[tuple[int, int]]:
-        """(number of output records, records counted) of each kept intermediate result."""
-        return [(len(r.outputs), r.records) for r in refs]
+    def _lengths(self, run: Any, refs: list) -> list[tuple[int, int, dict | None]]:
+        """(number of output records, records counted, skipped-record counts or None) of each kept
+        intermediate result; the counts only where `_drive` saw references, not the results."""
+        return [(len(r.outputs), r.records, None) for r in refs]
+
+    def _count_kept_errors(self, stage: Stage, kept: list, progress: Any) -> None:
+        """Enforce max_errors and count skipped records of a stage whose results stayed on the
+        cluster: `kept` holds each result's `errors` as `_lengths` read them (all None where
+        `_drive` saw the TaskResults themselves and has counted them already)."""
+        errors = StageErrors.of(stage)
+        if errors is None or all(e is None for e in kept):
+            return
+        quarantined = sum(errors.add(e) for e in kept)
+        if progress is not None:
+            progress.add_records(0, quarantined)
+        errors.finish()
 
     # -- the driver loop
     def _run_plan(self, plan: Plan, run: Any) -> Iterator:
         progress = self.progress
         refs: list = []
-        lengths: list[tuple[int, int]] = []  # (records, records counted) of each kept result
+        lengths: list[tuple] = []  # (records, records counted, errors) of each kept result
         last = plan.stages[-1]
         existing = existing_stage_outputs(last) if len(plan.stages) > 1 else None
         if existing is not None:
@@ -279,7 +293,7 @@ class Backend(abc.ABC):
             if stage.reshard_from is None:
                 specs = [(i, ("item", item)) for i, item in enumerate(stage.inputs)]
             else:
-                slices = reshard_slices([n for n, _ in lengths], stage.num_shards)
+                slices = reshard_slices([n for n, _, _ in lengths], stage.num_shards)
                 specs = [
                     (j, ("slices", [(refs[u], a, b) for u, a, b in sl]))
                     for j, sl in enumerate(slices)
@@ -304,8 +318,9 @@ class Backend(abc.ABC):
                         lengths = self._lengths(run, refs)
                     except (ClusterStalled, ClusterLost) as e:
                         raise ZephyrError(_cluster_failure(stage, e, len(specs), 0, True)) from None
+                    self._count_kept_errors(stage, [errs for _, _, errs in lengths], progress)
                     if progress is not None:
-                        progress.add_records(sum(counted for _, counted in lengths))
+                        progress.add_records(sum(counted for _, counted, _ in lengths))
             finally:
                 if progress is not None:
                     progress.finish()
@@ -320,6 +335,7 @@ class Backend(abc.ABC):
         and how many of its shards were unfinished.
         """
         window = max(1, self._window(run))
+        errors = StageErrors.of(stage)  # None unless the stage may skip records
         pending: deque[_Pending] = deque()
         exhausted = False
         finished_shards = 0
@@ -336,6 +352,8 @@ class Backend(abc.ABC):
                     handles = self._submit_many(run, stage, fresh, keep)
                     pending.extend(_Pending(s, h, 0) for s, h in zip(fresh, handles, strict=True))
                 if not pending:
+                    if errors is not None:
+                        errors.finish()  # a fractional max_errors needs every result
                     return
                 if pending[0].value is _UNSET and not self._done(pending[0].handle):
                     self._wait_any(run, [p.handle for p in pending if p.value is _UNSET])
@@ -349,11 +367,12 @@ class Backend(abc.ABC):
                 while pending and pending[0].value is not _UNSET:
                     p = pending.popleft()
                     finished_shards += len(p.shards)
+                    bad = errors.add(getattr(p.value, "errors", None)) if errors else 0
                     if progress is not None:
                         if keep:
-                            progress.update(len(p.shards), 0)
+                            progress.update(len(p.shards), 0, quarantined=bad)
                         else:
-                            progress.update(len(p.shards), p.value.records, p.value.skipped)
+                            progress.update(len(p.shards), p.value.records, p.value.skipped, bad)
                     yield p.value
         except (ClusterStalled, ClusterLost) as e:
             unfinished = sum(len(p.shards) for p in pending if p.value is _UNSET)

@@ -420,7 +420,7 @@ class DaskBackend(Backend):
             if client.status == "running":
                 client.cancel(handles, force=True)
 
-    def _lengths(self, run: _Run, refs: list) -> list[tuple[int, int]]:
+    def _lengths(self, run: _Run, refs: list) -> list[tuple[int, int, dict | None]]:
         futures = self._call(run, run.client.map, result_lengths, refs, pure=False)
         lengths = self._gather(run, futures)
         lost = [x for x in lengths if not isinstance(x, tuple)]

@@ -90,6 +90,7 @@ def dask_task(
         return run_task(stage, shards, flat)
 
 
-def result_lengths(result: TaskResult) -> tuple[int, int]:
-    """(number of output records, records counted) of a kept task result."""
-    return len(result.outputs), result.records
+def result_lengths(result: TaskResult) -> tuple[int, int, dict | None]:
+    """(number of output records, records counted, skipped-record counts) of a kept task
+    result."""
+    return len(result.outputs), result.records, result.errors

@@ -3,8 +3,6 @@ path is on, and sorted globs that keep the protocol of remote paths."""
 
 from __future__ import annotations
 
-import posixpath
-
 import fsspec
 
 _OBJECT_STORES = {"gs", "gcs", "s3", "s3a", "az", "abfs", "abfss", "adl"}
@@ -23,21 +21,45 @@ def publishes_on_close(fs: fsspec.AbstractFileSystem) -> bool:
     return bool(protocols(fs) & _OBJECT_STORES)
 
 
+def _hidden(relative: str, pattern_rel: str) -> bool:
+    """Whether a path (relative to the glob's literal folder) passes through a name starting with
+    '.' or '_' that the pattern's wildcards matched rather than spelled out."""
+    spelled = {p for p in pattern_rel.split("/") if p[:1] in "._" and not _has_magic(p)}
+    for part in relative.split("/"):
+        if part[:1] in "._" and part not in spelled and not _pattern_starts_with(pattern_rel, part):
+            return True
+    return False
+
+
+def _has_magic(part: str) -> bool:
+    return any(c in part for c in "*?[")
+
+
+def _pattern_starts_with(pattern_rel: str, part: str) -> bool:
+    # A wildcard part that itself starts with the marker ('.*', '_*.jsonl') asks for such names.
+    return any(p[:1] == part[:1] and _has_magic(p) for p in pattern_rel.split("/"))
+
+
 def glob_files(pattern: str) -> list[str]:
     """Sorted file paths matching an fsspec glob, with the protocol kept for remote filesystems.
 
-    Hidden files (names starting with '.', such as the temporaries of writes in progress or killed
-    mid-way) are left out unless the pattern's last part starts with '.' itself.
+    Hidden names are left out, as Spark and Hadoop do: a file or folder whose name starts with '.'
+    (the temporaries of writes in progress or killed mid-way) or '_' (`_quarantine/`,
+    `_SUCCESS`), when a wildcard matched it. A pattern that spells such a name out, or whose
+    wildcard part starts with '.' or '_' itself, keeps it (`out/_quarantine/*.jsonl`).
     """
     fs, path = fsspec.core.url_to_fs(pattern)
     fs.invalidate_cache()  # object-store listings cached by an earlier run may be stale
     found = fs.glob(path, detail=True)
-    hidden_ok = posixpath.basename(path).startswith(".")
+    parts = path.split("/")
+    literal = next((i for i, p in enumerate(parts) if _has_magic(p)), len(parts) - 1)
+    prefix = "/".join(parts[:literal])
+    pattern_rel = "/".join(parts[literal:])
     files = [
         p
         for p, info in found.items()
         if info.get("type", "file") != "directory"
-        and (hidden_ok or not posixpath.basename(p).startswith("."))
+        and not _hidden(p[len(prefix) :].lstrip("/") if p.startswith(prefix) else p, pattern_rel)
     ]
     if not is_local(fs):
         files = [fs.unstrip_protocol(p) for p in files]

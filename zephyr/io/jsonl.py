@@ -7,6 +7,7 @@ JSON has no NaN or Infinity: the writer refuses them unless told how to write th
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -15,6 +16,9 @@ import msgspec
 
 from zephyr.io.atomic import atomic_output
 from zephyr.io.compression import iter_lines
+from zephyr.io.provenance import check_on_error, current_position
+
+logger = logging.getLogger("zephyr")
 
 _WRITE_BATCH = 512
 NON_FINITE = ("error", "token", "null")  # write_jsonl(non_finite=...): the first is the default
@@ -32,15 +36,23 @@ _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder(enc_hook=_enc_hook).encode
 
 
-def load_jsonl(path: str) -> Iterator[dict]:
+def load_jsonl(path: str, on_error: str = "raise") -> Iterator[Any]:
     """Stream the records of a JSON Lines file (plain, .gz, .zst/.zstd or .xz by extension).
 
-    Blank lines are skipped. A malformed line raises ValueError naming the file and the line number.
-    The tokens `NaN`, `Infinity` and `-Infinity` (as Python's json writes them) read as floats.
+    Any JSON value is a record (usually a dict). Blank lines are skipped. The tokens `NaN`,
+    `Infinity` and `-Infinity` (as Python's json writes them) read as floats. A malformed line
+    raises ValueError naming the file and the line number; with `on_error="skip"` it is left out
+    instead and, inside a pipeline, quarantined with its line number and text (outside one, a
+    warning counts the lines left out). A truncated or corrupt file is not a bad record: it always
+    raises.
     Use it with `flat_map`: `Dataset.from_files("in/*.jsonl.gz").flat_map(load_jsonl)`.
     """
+    skip = check_on_error(on_error, "load_jsonl")
+    pos = current_position()
+    errors = pos.op if skip else None  # the pipeline op counting skipped lines, if any
+    pos.file, pos.line = path, None
     decode = _decode
-    lineno = 0
+    lineno = skipped = 0
     for line in iter_lines(path):
         lineno += 1
         try:
@@ -51,8 +63,25 @@ def load_jsonl(path: str) -> Iterator[dict]:
             try:  # numbers msgspec refuses (1e400, NaN, Infinity) still parse the stdlib way
                 record = json.loads(line)
             except ValueError:
-                raise ValueError(f"{path}: line {lineno}: invalid JSON ({e})") from None
+                bad = ValueError(f"{path}: line {lineno}: invalid JSON ({e})")
+                if not skip:
+                    raise bad from None
+                skipped += 1
+                if errors is not None:
+                    errors.skip(bad, raw=line, file=path, line=lineno)
+                continue
+        pos.line = lineno  # the position of the record downstream ops are about to see
         yield record
+    pos.file = pos.line = None
+    if errors is not None:
+        errors.seen += lineno
+    elif skipped:
+        logger.warning(
+            "%s: skipped %d malformed line(s) of %d (load_jsonl on_error='skip')",
+            path,
+            skipped,
+            lineno,
+        )
 
 
 load_jsonl._zephyr_reader = "load_jsonl"  # type: ignore[attr-defined]

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from zephyr.io.atomic import atomic_output, commit, temporary_beside
 from zephyr.io.fs import publishes_on_close
+from zephyr.io.provenance import current_position
 
 READ_BATCH_ROWS = 1024  # rows turned into Python dicts at a time
 READ_BUFFER_BYTES = 1 << 20  # column data read from storage at a time
@@ -56,8 +57,11 @@ def load_parquet(path: str, columns: list[str] | None = None) -> Iterator[dict]:
             batches = pf.iter_batches(
                 batch_size=READ_BATCH_ROWS, columns=columns, use_threads=False
             )
+            pos = current_position()
+            pos.file, pos.line = path, None  # no row number: rows leave in batches (yield from)
             for batch in batches:
                 yield from batch.to_pylist()
+            pos.file = None
         except (pa.ArrowException, OSError) as e:
             raise ValueError(f"{path}: corrupt Parquet data ({e}); re-create the file") from None
 

@@ -1,4 +1,5 @@
-"""Output path templates: `{shard}`, `{shard:05d}`, `{total}`, `{basename}`, or a callable.
+"""Output path templates (`{shard}`, `{shard:05d}`, `{total}`, `{basename}`, or a callable) and the
+quarantine files named after them.
 
 Pure: no I/O, no Dask. Templates are validated by the planner before any work starts.
 """
@@ -6,8 +7,10 @@ Pure: no I/O, no Dask. Templates are validated by the planner before any work st
 from __future__ import annotations
 
 import os
+import posixpath
 import string
 from collections.abc import Callable
+from dataclasses import dataclass
 
 TEMPLATE_FIELDS = ("shard", "total", "basename")
 _KNOWN_EXTENSIONS = (
@@ -96,3 +99,32 @@ def render_path(pattern: str | Callable, shard: int, total: int, input_item: obj
             )
         return str(path)
     return pattern.format(shard=shard, total=total, basename=input_basename(input_item))
+
+
+QUARANTINE_DIR = "_quarantine"
+
+
+@dataclass(frozen=True)
+class QuarantineTarget:
+    """Where a stage's skipped records go: one JSON Lines file per shard.
+
+    `writer` is the pattern of the stage's own writer: each shard's file is named after its
+    output (`out/00003.jsonl.gz` -> `<folder>/00003.jsonl`), in `folder` or, when None, in a
+    `_quarantine/` folder beside that output. Without a writer the files are
+    `<folder>/stage<index>-<shard:05d>.jsonl`.
+    """
+
+    folder: str | None
+    writer: str | Callable | None
+    stage_index: int
+
+    def path(self, shard: int, total: int, input_item: object = None) -> str:
+        if self.writer is None:
+            return posixpath.join(str(self.folder), f"stage{self.stage_index}-{shard:05d}.jsonl")
+        parent, name = posixpath.split(render_path(self.writer, shard, total, input_item))
+        folder = self.folder if self.folder is not None else posixpath.join(parent, QUARANTINE_DIR)
+        return posixpath.join(folder, f"{input_basename(name) or name}.jsonl")
+
+    def describe(self, total: int, first_input: object = None) -> str:
+        """The folder as users see it in log lines (that of shard 0 beside per-shard outputs)."""
+        return posixpath.dirname(self.path(0, max(total, 1), first_input)) + "/"

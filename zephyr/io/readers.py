@@ -14,6 +14,7 @@ import fsspec
 
 from zephyr.io.compression import COMPRESSED_EXTENSIONS, compression_of
 from zephyr.io.jsonl import load_jsonl
+from zephyr.io.provenance import check_on_error, current_position
 
 # Dolma and friends name JSON Lines files `.json.gz`, so `.json` means JSON Lines here.
 _JSON_LINES = (".jsonl", ".ndjson", ".json")
@@ -42,13 +43,20 @@ def _reader_for(path: str) -> Callable[[str], Iterator[Any]]:
     )
 
 
-def load_file(path: str) -> Iterator[Any]:
+def load_file(path: str, on_error: str = "raise") -> Iterator[Any]:
     """Stream the records of `path` with the reader its extension names: JSON Lines (`.jsonl`,
     `.ndjson`, `.json`, optionally `.gz`/`.zst`/`.zstd`/`.xz`) or Parquet (`.parquet`).
 
     An unknown extension raises ValueError listing the supported ones (before the file is opened).
+    `on_error="skip"` leaves out malformed JSON lines (see `load_jsonl`); Parquet has no bad
+    records to skip (a row decodes or the file is corrupt), so it reads Parquet as without it. A
+    corrupt or truncated file of either kind always raises.
     """
-    return _reader_for(path)(path)
+    check_on_error(on_error, "load_file")
+    reader = _reader_for(path)
+    if reader is load_jsonl:
+        return load_jsonl(path, on_error=on_error)
+    return reader(path)
 
 
 load_file._zephyr_reader = "load_file"  # type: ignore[attr-defined]
@@ -60,6 +68,7 @@ def load_zip_members(path: str, pattern: str = "*") -> Iterator[dict]:
 
     One member is in memory at a time. A file that is not a zip archive raises ValueError naming it.
     """
+    pos = current_position()
     with fsspec.open(path, "rb") as raw:
         try:
             archive = zipfile.ZipFile(raw)
@@ -78,7 +87,9 @@ def load_zip_members(path: str, pattern: str = "*") -> Iterator[dict]:
                     raise ValueError(
                         f"{path}: member {info.filename!r} is corrupt ({e}); re-create the archive"
                     ) from None
+                pos.file, pos.line = f"{path}!{info.filename}", None
                 yield {"filename": info.filename, "content": content}
+    pos.file = None
 
 
 load_zip_members._zephyr_reader = "load_zip_members"  # type: ignore[attr-defined]
