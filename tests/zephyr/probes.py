@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -71,24 +72,52 @@ class ConcurrencyProbe:
         return self.read()["total"]
 
 
-def start_dask_worker(address: str, *extra: str) -> subprocess.Popen:
+def start_dask_worker(address: str, *extra: str, log: str | None = None) -> subprocess.Popen:
     """A real `dask worker` process with one thread and no nanny (killing it removes the worker
-    for good)."""
-    return subprocess.Popen(
+    for good); its log goes to the file `log` if given."""
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - the child keeps it
+    try:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "distributed.cli.dask_worker",
+                address,
+                "--nthreads",
+                "1",
+                "--no-nanny",
+                "--no-dashboard",
+                *extra,
+            ],  # fmt: skip
+            stdout=out,
+            stderr=out,
+        )
+    finally:
+        if log:
+            out.close()
+
+
+def start_dask_scheduler() -> tuple[subprocess.Popen, str]:
+    """A real `dask scheduler` process on a free loopback port, and its address."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "distributed.cli.dask_worker",
-            address,
-            "--nthreads",
-            "1",
-            "--no-nanny",
-            "--no-dashboard",
-            *extra,
+            "distributed.cli.dask_scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dashboard-address",
+            ":0",
         ],  # fmt: skip
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    return proc, f"tcp://127.0.0.1:{port}"
 
 
 def wait_until_idle(backend, timeout: float = 30) -> None:

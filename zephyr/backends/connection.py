@@ -10,6 +10,7 @@ import atexit
 import contextlib
 import logging
 import os
+import socket
 import sys
 import threading
 import time
@@ -26,6 +27,7 @@ logger = logging.getLogger("zephyr")
 _LOCK = threading.Lock()
 _EMBEDDED: Connection | None = None
 _BY_ADDRESS: dict[str, Connection] = {}
+DASHBOARD_PORT = 8787  # the embedded cluster's dashboard, when that port is free
 
 
 def _detect_gpus() -> int:
@@ -45,6 +47,7 @@ class Connection:
         self.client = client
         self.cluster = cluster
         self.owns = owns
+        self.note = ""  # said with the dashboard link (e.g. why it is not on the usual port)
         self._announced = False
 
     @property
@@ -57,10 +60,12 @@ class Connection:
         """Log the dashboard URL once per connection."""
         if not self._announced:
             self._announced = True
+            note = f"; {self.note}" if self.note else ""
             logger.info(
-                "Dask dashboard: %s (scheduler %s)",
+                "Dask dashboard: %s (scheduler %s%s)",
                 self.dashboard_link,
                 self.client.scheduler.address,
+                note,
             )
 
     def workers(self, timeout: float = 10.0) -> list[dict]:
@@ -112,6 +117,15 @@ def _main_hidden() -> Any:
                 main.__dict__.pop("__spec__", None)
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def embedded() -> Connection:
     """The process-wide embedded LocalCluster, started on first use and stopped at exit.
 
@@ -126,6 +140,9 @@ def embedded() -> Connection:
 
         n = max(1, os.cpu_count() or 1)
         memory = int(MEMORY_LIMIT // n)
+        # distributed warns in four lines when 8787 is taken and picks another port; ask for any
+        # free port ourselves instead, and say which one in the dashboard line.
+        dashboard_port = DASHBOARD_PORT if _port_free(DASHBOARD_PORT) else 0
         # A task lost with its worker surfaces to the driver at once, which resubmits it up to the
         # backend's max_retries times: one retry budget, counted in one place.
         with dask.config.set({"distributed.scheduler.allowed-failures": 0}), _main_hidden():
@@ -134,7 +151,7 @@ def embedded() -> Connection:
                 threads_per_worker=1,
                 processes=True,
                 host="127.0.0.1",
-                dashboard_address="127.0.0.1:8787",
+                dashboard_address=f"127.0.0.1:{dashboard_port}",
                 memory_limit=memory,
                 # Local processes are never preempted: fray_dask places non-preemptible jobs and
                 # actors (preemptible=False) only on workers that advertise NON_PREEMPTIBLE.
@@ -148,6 +165,8 @@ def embedded() -> Connection:
             )
         client = Client(cluster, set_as_default=False)
         _EMBEDDED = Connection(client, cluster, owns=True)
+        if not dashboard_port:
+            _EMBEDDED.note = f"port {DASHBOARD_PORT} is in use by another process"
         return _EMBEDDED
 
 
