@@ -134,7 +134,8 @@ class Packer:
 
 
 class Backend(abc.ABC):
-    """Executes Datasets. Subclasses implement `_submit`, `_wait_any`, `_outcome` and `_cancel`.
+    """Executes Datasets. Subclasses implement `_submit`, `_wait_any`, `_done`, `_outcomes` and
+    `_cancel`.
 
     `execute(dataset)` returns an iterator over the results in shard order, streamed as shards
     finish; a pipeline that ends in a writer yields the written paths.
@@ -232,23 +233,10 @@ class Backend(abc.ABC):
         """Whether the task behind `handle` has finished (successfully or not)."""
 
     @abc.abstractmethod
-    def _outcome(self, handle: Any, keep: bool) -> Any:
-        """The task's value (a TaskResult, or with `keep` a reference usable as a later task's
-        input).
-
-        Returns a UserCodeFailure for a failure in user code; raises TaskLost if the task was lost.
-        """
-
     def _outcomes(self, run: Any, handles: list, keep: bool) -> list:
-        """The outcomes of finished tasks, in order, fetched together where a backend can: each a
-        value as `_outcome` returns it, or a TaskLost instance for a task that was lost."""
-        values: list = []
-        for handle in handles:
-            try:
-                values.append(self._outcome(handle, keep))
-            except TaskLost as lost:
-                values.append(lost)
-        return values
+        """The outcomes of finished tasks, in order (fetched together where a backend can): each
+        the task's value (a TaskResult, or with `keep` a reference usable as a later task's input),
+        a UserCodeFailure for a failure in user code, or a TaskLost for a task that was lost."""
 
     def _cancel(self, handles: list) -> None:  # noqa: B027 - in-process tasks cannot be cancelled
         """Stop tasks that are no longer wanted (after a failure)."""

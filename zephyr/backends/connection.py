@@ -88,8 +88,17 @@ class Connection:
             time.sleep(0.1)
 
     def close(self, timeout: float = 10) -> None:
-        with contextlib.suppress(Exception):
-            self.client.close(timeout=timeout)
+        # A client whose scheduler is gone is reconnecting; closing it cancels that, which
+        # distributed logs as an error with a traceback. The driver has said what happened.
+        client_log = logging.getLogger("distributed.client")
+        level = client_log.level
+        if self.client.status != "running":
+            client_log.setLevel(logging.CRITICAL)
+        try:
+            with contextlib.suppress(Exception):
+                self.client.close(timeout=timeout)
+        finally:
+            client_log.setLevel(level)
         if self.cluster is not None:
             with contextlib.suppress(Exception):
                 self.cluster.close(timeout=timeout)

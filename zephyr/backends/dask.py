@@ -351,9 +351,6 @@ class DaskBackend(Backend):
     def _done(self, handle: Any) -> bool:
         return handle.done()
 
-    def _outcome(self, handle: Any, keep: bool) -> Any:
-        raise NotImplementedError("DaskBackend fetches outcomes in batches (_outcomes)")
-
     def _outcomes(self, run: _Run, handles: list, keep: bool) -> list:
         values: list = [None] * len(handles)
         fetch: list[int] = []

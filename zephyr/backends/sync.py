@@ -28,5 +28,5 @@ class SyncBackend(Backend):
     def _done(self, handle: Any) -> bool:
         return True
 
-    def _outcome(self, handle: Any, keep: bool) -> Any:
-        return handle
+    def _outcomes(self, run: Any, handles: list, keep: bool) -> list:
+        return handles  # each handle is the task's value already

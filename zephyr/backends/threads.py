@@ -46,8 +46,8 @@ class ThreadBackend(Backend):
     def _done(self, handle: Any) -> bool:
         return handle.done()
 
-    def _outcome(self, handle: Any, keep: bool) -> Any:
-        return handle.result()
+    def _outcomes(self, run: Any, handles: list, keep: bool) -> list:
+        return [h.result() for h in handles]
 
     def _cancel(self, handles: list) -> None:
         # A thread cannot be interrupted: wait (within a deadline) for the running tasks, so that
