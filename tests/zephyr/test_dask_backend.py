@@ -380,3 +380,15 @@ def test_tasks_no_remaining_worker_can_run_fail_instead_of_waiting_forever():
             for proc in (big, small):
                 proc.kill()
                 proc.wait(timeout=10)
+
+
+def _task_key(x):
+    return distributed.get_worker().get_current_task()
+
+
+def test_tiny_shards_share_a_few_dozen_tasks(dask_backend):
+    """Per-task overhead is paid per batch: 10,000 trivial shards must not cost 10,000 (or, with
+    fixed packs of 64, 157) Dask tasks and as many round trips."""
+    keys = list(dask_backend.execute(Dataset.from_list(range(10_000)).map(_task_key)))
+    assert len(keys) == 10_000
+    assert len(set(keys)) < 60, f"{len(set(keys))} tasks for 10,000 trivial shards"

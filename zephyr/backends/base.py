@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,8 +103,15 @@ class Packer:
     """
 
     def __init__(
-        self, specs: Iterable, first: int, limit: int = 1, slots: int = 1, total: int | None = None
+        self,
+        specs: Iterable,
+        first: int,
+        limit: int = 1,
+        slots: int = 1,
+        total: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
+        self._clock = clock
         self._specs = iter(specs)
         self._size = max(1, first)
         self._limit = max(self._size, limit)
@@ -116,7 +123,7 @@ class Packer:
     def take(self) -> list | None:
         """The next batch of specs, or None when all are taken."""
         if self._t0 is None:
-            self._t0 = time.monotonic()
+            self._t0 = self._clock()
         batch = list(itertools.islice(self._specs, self._size))
         if self._left is not None:
             self._left -= len(batch)
@@ -127,7 +134,7 @@ class Packer:
         self._finished += finished
         if self._limit <= 1 or self._left is None or self._t0 is None or not finished:
             return
-        elapsed = max(time.monotonic() - self._t0, 1e-6)
+        elapsed = max(self._clock() - self._t0, 1e-6)
         ideal = int(TARGET_TASK_SECONDS * self._finished / elapsed / self._slots)
         balanced = math.ceil(self._left / (2 * self._slots))
         self._size = max(1, min(ideal, 8 * self._size, balanced, self._limit))
