@@ -62,7 +62,8 @@ def external_cluster(workers: int = 2, log: str | None = None):
 def backend_on(cluster: ExternalCluster, workers: int, **settings):
     backend = DaskBackend(cluster.address, connect_timeout=30, **settings)
     try:
-        backend.client.wait_for_workers(workers, timeout=60)
+        if workers:
+            backend.client.wait_for_workers(workers, timeout=60)
         yield backend
     finally:
         backend.close()
@@ -209,3 +210,21 @@ def test_user_errors_are_not_logged_as_worker_crashes(tmp_path):
     assert "Start worker" in text  # the log was captured
     assert "Compute Failed" not in text
     assert "KeyError" not in text
+
+
+@pytest.mark.timeout(120)
+def test_a_cluster_without_workers_fails_by_the_stall_rule_or_runs_once_one_joins():
+    with external_cluster(workers=0) as cluster:
+        backend = DaskBackend(cluster.address, connect_timeout=30, no_worker_timeout=2)
+        try:
+            with pytest.raises(
+                ZephyrError,
+                match=rf"the Dask cluster at {cluster.address} has no workers after 2 s \(the "
+                rf"rule: no_worker_timeout=2 s\); start workers \(dask worker {cluster.address}\)",
+            ):
+                consume_within(backend.execute(Dataset.from_list([1, 2])), 2 + 15, "the start")
+        finally:
+            backend.close()
+        cluster.add_worker()
+        with backend_on(cluster, 0, no_worker_timeout=60) as b:
+            assert list(b.execute(Dataset.from_list([1, 2]).map(str))) == ["1", "2"]

@@ -68,8 +68,9 @@ class Connection:
                 note,
             )
 
-    def workers(self, timeout: float = 10.0) -> list[dict]:
-        """The workers' info dicts; waits up to `timeout` seconds for the first worker."""
+    def workers(self, timeout: float = 10.0, rule: str = "") -> list[dict]:
+        """The workers' info dicts; waits up to `timeout` seconds for the first worker (the error
+        then names `rule`, the setting behind the timeout, if given)."""
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -81,9 +82,11 @@ class Connection:
                 return workers
             if time.monotonic() > deadline:
                 waited = f" after {timeout:g} s" if timeout else ""
+                rule = f" ({rule})" if rule else ""
+                address = self.client.scheduler.address
                 raise ZephyrError(
-                    f"the Dask cluster at {self.client.scheduler.address} has no workers{waited}; "
-                    "start workers (dask worker <address>) or use the embedded cluster"
+                    f"the Dask cluster at {address} has no workers{waited}{rule}; start workers "
+                    f"(dask worker {address}) or use the embedded cluster"
                 )
             time.sleep(0.1)
 

@@ -199,7 +199,9 @@ class DaskBackend(Backend):
         return self._new_run(conn, payloads)
 
     def _new_run(self, conn: Connection, payloads: dict) -> _Run:
-        workers = conn.workers()
+        # A cluster whose workers are still starting gets as long as the stall rule allows.
+        rule = f"the rule: no_worker_timeout={self.no_worker_timeout:g} s"
+        workers = conn.workers(timeout=self.no_worker_timeout, rule=rule)
         resources = self._check_resources(workers)
         if self.config.max_parallelism:  # register the backend's cluster-wide semaphore once
             with conn.client.as_current():
