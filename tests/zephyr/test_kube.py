@@ -33,7 +33,7 @@ from tests.imports import heavy_modules_loaded
 from zephyr import Dataset, ZephyrError
 from zephyr.backends import kube
 from zephyr.backends.connection import connect
-from zephyr.backends.dask import DaskBackend, _unsatisfiable
+from zephyr.backends.dask import DaskBackend
 from zephyr.backends.kube import (
     DEFAULT_IMAGE,
     KubeSpec,
@@ -41,6 +41,7 @@ from zephyr.backends.kube import (
     in_cluster_address,
     parse_kube_spec,
 )
+from zephyr.backends.resources import unsatisfiable
 
 # -- the spec ------------------------------------------------------------------------------------
 
@@ -195,13 +196,13 @@ def test_worker_args_and_container_resources_agree():
 )
 def test_what_zephyr_and_fray_request_fits_a_worker_of_the_spec(spec, backend, job):
     workers = [{"resources": _advertised(spec)}]
-    assert _unsatisfiable(backend._requested_resources(), workers) is None
+    assert unsatisfiable(backend._requested_resources(), workers) is None
     check_placeable("job", dask_resources(job), lambda: workers)
 
 
 def test_more_than_a_worker_holds_does_not_fit():
     workers = [{"resources": _advertised(KubeSpec(memory="8GB"))}]
-    assert "MEMORY=9GB" in _unsatisfiable(DaskBackend(memory="9GB")._requested_resources(), workers)
+    assert "MEMORY=9GB" in unsatisfiable(DaskBackend(memory="9GB")._requested_resources(), workers)
     with pytest.raises(ValueError, match="NON_PREEMPTIBLE"):
         check_placeable("job", dask_resources(ResourceConfig(preemptible=False)), lambda: workers)
     with pytest.raises(ValueError, match="needs CPU=2"):

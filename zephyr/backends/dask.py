@@ -26,6 +26,7 @@ from zephyr.backends.base import Backend, BackendConfig, ClusterLost, ClusterSta
 from zephyr.backends.config import make_config
 from zephyr.backends.connection import Connection, connect
 from zephyr.backends.dask_tasks import Opaque, dask_task, result_lengths, semaphore
+from zephyr.backends.resources import unsatisfiable
 from zephyr.errors import ZephyrError
 from zephyr.kernels import TaskResult
 from zephyr.plan import Nested, Plan, Stage
@@ -167,7 +168,7 @@ class DaskBackend(Backend):
             wanted = {k: v for k, v in wanted.items() if k not in missing}
             if not wanted:
                 return None
-        problem = _unsatisfiable(wanted, workers)
+        problem = unsatisfiable(wanted, workers)
         if problem:
             raise ZephyrError(problem)
         return wanted
@@ -335,7 +336,7 @@ class DaskBackend(Backend):
             )
         elif "no-worker" in view["states"]:
             workers = self._call(run, run.conn.workers, timeout=0)
-            reason = _unsatisfiable(run.resources or {}, workers) or (
+            reason = unsatisfiable(run.resources or {}, workers) or (
                 "tasks wait in state no-worker: no connected worker satisfies their restrictions"
             )
         if reason is None:
@@ -433,28 +434,3 @@ class DaskBackend(Backend):
         if self._conn is not None and self.address is not None and self._conn.owns:
             self._conn.close()
         self._conn = None
-
-
-def _unsatisfiable(wanted: dict, workers: list[dict]) -> str | None:
-    """Why no worker can run a task restricted to `wanted` resources, or None if one can."""
-    offers = [w.get("resources", {}) for w in workers]
-    if any(all(offer.get(k, 0) >= v for k, v in wanted.items()) for offer in offers):
-        return None
-    best = {k: max(offer.get(k, 0) for offer in offers) for k in wanted}
-    asked = ", ".join(f"{k}={_fmt_resource(k, v)}" for k, v in wanted.items())
-    has = ", ".join(f"{k}={_fmt_resource(k, v)}" for k, v in best.items())
-    return (
-        f"resource request {asked} cannot be satisfied by any of the {len(workers)} Dask "
-        f"workers (the largest offer {has}); lower --memory/--num-cpus/--num-gpus, or add "
-        'workers that advertise enough (dask worker --resources "MEMORY=...,CPU=...,GPU=...")'
-    )
-
-
-def _fmt_resource(name: str, value: float) -> str:
-    """MEMORY in decimal units, as users write it (--memory 8GB is 8e9 bytes)."""
-    if name == "MEMORY":
-        for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
-            if value >= size:
-                return f"{value / size:.3g}{unit}"
-        return f"{value:.0f}B"
-    return f"{value:g}"
