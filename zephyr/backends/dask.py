@@ -290,8 +290,8 @@ class DaskBackend(Backend):
         """Call the client; a failure caused by a lost scheduler becomes ClusterLost."""
         try:
             return fn(*args, **kwargs)
-        except (ClusterLost, ClusterStalled, TaskLost, ZephyrError):
-            raise
+        except (ClusterLost, ClusterStalled, TaskLost, ZephyrError, TimeoutError):
+            raise  # a deadline passing is the caller's to handle (TimeoutError is an OSError)
         except Exception as e:
             self._raise_if_lost(run, e)
             raise
@@ -299,7 +299,9 @@ class DaskBackend(Backend):
     def _raise_if_lost(self, run: _Run, error: BaseException | None) -> None:
         """Raise ClusterLost if the client has lost its scheduler (after `error`, if any)."""
         client = run.client
-        comm_error = isinstance(error, (distributed.comm.CommClosedError, OSError))
+        comm_error = isinstance(error, (distributed.comm.CommClosedError, OSError)) and not (
+            isinstance(error, TimeoutError)
+        )
         if client.status == "running" and not comm_error:
             return
         address = client.scheduler.address if client.scheduler else self.address
