@@ -113,7 +113,9 @@ def _filter(it: Iterator, state: dict, pred: Callable) -> Iterator:
 FLAT_MAP_BUFFER = 1024  # outputs of one record held back so that a failed record leaves nothing
 
 
-def _map_skip(it: Iterator, state: dict, fn: Callable, errors: OpErrors) -> Iterator:
+def _calls(it: Iterator, state: dict, fn: Callable, errors: OpErrors) -> Iterator[tuple]:
+    """(record, fn(record)) for each record; a record for which fn raises is quarantined and left
+    out."""
     for rec in it:
         state["record"] = rec
         errors.seen += 1
@@ -122,18 +124,16 @@ def _map_skip(it: Iterator, state: dict, fn: Callable, errors: OpErrors) -> Iter
         except Exception as e:
             errors.skip(e, rec)
             continue
+        yield rec, out
+
+
+def _map_skip(it: Iterator, state: dict, fn: Callable, errors: OpErrors) -> Iterator:
+    for _, out in _calls(it, state, fn, errors):
         yield out
 
 
 def _filter_skip(it: Iterator, state: dict, pred: Callable, errors: OpErrors) -> Iterator:
-    for rec in it:
-        state["record"] = rec
-        errors.seen += 1
-        try:
-            keep = pred(rec)
-        except Exception as e:
-            errors.skip(e, rec)
-            continue
+    for rec, keep in _calls(it, state, pred, errors):
         if keep:
             yield rec
 

@@ -8,12 +8,11 @@ its parent.
 
 from __future__ import annotations
 
-import posixpath
 import re
 from dataclasses import dataclass, replace
 from typing import Any
 
-from zephyr.io.paths import QUARANTINE_DIR, QuarantineTarget, render_path, validate_pattern
+from zephyr.io.paths import QuarantineTarget, validate_pattern
 from zephyr.ops import RECORD_OPS, ReshardOp, SourceOp, WriteOp
 
 
@@ -203,11 +202,11 @@ def _with_quarantine(stages: list[Stage]) -> list[Stage]:
 
 
 def _downstream_folder(later: list[Stage]) -> str | None:
-    """`_quarantine/` beside the output of shard 0 of the first writer in a later stage."""
+    """The quarantine folder beside the output of shard 0 of the first writer in a later stage."""
     for stage in later:
         for op in stage.ops:
             if isinstance(op, WriteOp):
                 first = stage.inputs[0] if stage.inputs else None
-                out = render_path(op.pattern, 0, max(stage.num_shards, 1), first)
-                return posixpath.join(posixpath.dirname(out), QUARANTINE_DIR)
+                target = QuarantineTarget(None, op.pattern, stage.index)
+                return target.describe(stage.num_shards, first).rstrip("/")
     return None

@@ -67,7 +67,8 @@ class StageProgress:
         quarantined = ""
         if target is not None:
             where = target.describe(self._total, (self._stage.inputs or (None,))[0])
-            quarantined = f", {self._quarantined} bad records quarantined in {where}"
+            noun = "record" if self._quarantined == 1 else "records"
+            quarantined = f", {self._quarantined} bad {noun} quarantined in {where}"
         logger.info(
             "stage %d '%s': %d/%d shards%s, %d records in %.1f s (%.0f records/s)%s",
             self._stage.index,

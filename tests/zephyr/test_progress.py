@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from zephyr import Dataset, SyncBackend
 from zephyr.progress import StageProgress
 
@@ -37,3 +39,15 @@ def test_terminal_bar_counts_quarantined_records(capsys, tmp_path):
     assert list(backend.execute(ds)) == [0, 2, 4]
     last = capsys.readouterr().err.rstrip("\n").split("\r")[-1]
     assert "stage 0 map: 5/5 shards" in last and last.endswith(", 2 quarantined")
+
+
+def test_stage_log_line_counts_one_bad_record_in_the_singular(caplog, tmp_path):
+    ds = Dataset.from_list(range(2)).map(_fails_on_odd, on_error="skip", quarantine=str(tmp_path))
+    logger = logging.getLogger("zephyr")  # does not propagate to the root logger
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("INFO", logger="zephyr"):
+            assert list(SyncBackend().execute(ds)) == [0]
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert f", 1 bad record quarantined in {tmp_path}/" in caplog.text

@@ -423,7 +423,9 @@ def _cluster_failure(
     if left == 0:  # every shard finished, but their outputs (kept for the next stage) are gone
         return (
             f"{where}: the outputs of its {done} finished shards, kept on the workers for the "
-            f"next stage, cannot be read or recomputed: {error}"
+            f"next stage, cannot be read or recomputed: {error}; check why the workers died (out "
+            "of memory, preempted) and run again (skip_existing=True on the writer keeps the "
+            "outputs already committed)"
         )
     return (
         f"{where}: {left} unfinished shard(s) ({unfinished} submitted{queued}, {done} finished) "

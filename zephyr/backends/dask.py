@@ -339,7 +339,8 @@ class DaskBackend(Backend):
         elif "no-worker" in view["states"]:
             workers = self._call(run, run.conn.workers, timeout=0)
             reason = unsatisfiable(run.resources or {}, workers) or (
-                "tasks wait in state no-worker: no connected worker satisfies their restrictions"
+                "tasks wait in state no-worker: no connected worker satisfies their "
+                "restrictions; start workers that offer them"
             )
         if reason is None:
             run.stalled_since = None
