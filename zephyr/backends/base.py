@@ -30,6 +30,10 @@ logger = logging.getLogger("zephyr")
 # small against a stage's length.
 TARGET_TASK_SECONDS = 0.25
 
+# Each `execute` in this process gets the next run id ("r1", "r2", ...): logs, progress and Dask
+# task names carry it, so two runs of one script stay apart.
+_RUN_NUMBERS = itertools.count(1)
+
 
 @dataclass(frozen=True)
 class BackendConfig:
@@ -165,8 +169,9 @@ class Backend(abc.ABC):
         if self.dry_run:
             print(plan.describe())
             return iter(())
-        run = self._start_run(plan)
-        return self._run_plan(plan, run)
+        run_id = f"r{next(_RUN_NUMBERS)}"
+        run = self._start_run(plan, run_id)
+        return self._run_plan(plan, run, run_id)
 
     def run_nested(self, ops: tuple, records: Iterable, name: str) -> Iterator:
         """Run `ops` with each record of `records` as its own shard (a nested stage); stream the
@@ -195,9 +200,9 @@ class Backend(abc.ABC):
         return f"{type(self).__name__}({', '.join(parts)})"
 
     # -- hooks for subclasses
-    def _start_run(self, plan: Plan) -> Any:
+    def _start_run(self, plan: Plan, run_id: str) -> Any:
         """Check the plan can run here (resources, pickling) before any task is submitted; return
-        the per-execution state that `_submit` receives."""
+        the per-execution state that `_submit` receives. `run_id` names this execution ("r3")."""
         return None
 
     @contextlib.contextmanager
@@ -266,7 +271,7 @@ class Backend(abc.ABC):
         errors.finish()
 
     # -- the driver loop
-    def _run_plan(self, plan: Plan, run: Any) -> Iterator:
+    def _run_plan(self, plan: Plan, run: Any, run_id: str) -> Iterator:
         progress = self.progress
         refs: list = []
         lengths: list[tuple] = []  # (records, records counted, errors) of each kept result

@@ -193,7 +193,7 @@ class DaskBackend(Backend):
                 "open files, clients or other process-local objects"
             ) from e
 
-    def _start_run(self, plan: Plan) -> _Run:
+    def _start_run(self, plan: Plan, run_id: str) -> _Run:
         payloads = {id(s): self._check_picklable(s) for s in plan.stages}
         conn = self.connection
         conn.announce()
