@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
-from zephyr.io.paths import QuarantineTarget, validate_pattern
+from zephyr.io.paths import QuarantineTarget, check_output_compression, validate_pattern
 from zephyr.ops import RECORD_OPS, ReshardOp, SourceOp, WriteOp
 
 
@@ -147,6 +147,7 @@ def compute_plan(source: SourceOp, ops: tuple, executor: Any = None) -> Plan:
             raise TypeError(f"unknown op {op!r}")
         if isinstance(op, WriteOp):
             validate_pattern(op.pattern, num_shards, inputs)
+            check_output_compression(op.pattern, op.format)
         current.append(op)
     close()
     return Plan(source, tuple(_with_quarantine(stages)))

@@ -51,8 +51,8 @@ def _not_writable(path: str, e: OSError) -> PermissionError:
 def atomic_output(path: str, compress: bool = True) -> Iterator[BinaryIO]:
     """A binary stream that becomes `path` only if the block exits without an exception.
 
-    With `compress`, the bytes are compressed as the extension says (.gz, .zst, .xz). On failure
-    nothing is left at `path` or beside it.
+    With `compress`, the bytes are compressed as the extension says (.gz, .zst, .xz, .bz2). On
+    failure nothing is left at `path` or beside it.
     """
     wrap = compressing if compress else _uncompressed
     fs, fspath = fsspec.core.url_to_fs(path)

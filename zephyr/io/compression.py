@@ -1,14 +1,18 @@
 """Compression chosen from a file's extension: streaming decompression of inputs and compressing
 output streams.
 
-Reading never trusts a stream to end cleanly: a gzip, zstd or xz file cut short raises ValueError
-naming the file (python-zstandard's stream reader would silently return the partial data). gzip goes
-through ISA-L (python-isal) when installed: about 3x faster than zlib both ways, and its level 1
-compresses as well as zlib's. Default write levels favour throughput: gzip 1, zstd 3, xz preset 1.
+Reading never trusts a stream to end cleanly: a gzip, zstd, xz or bz2 file cut short raises
+ValueError naming the file (python-zstandard's stream reader would silently return partial data).
+gzip goes through ISA-L (python-isal) when installed: about 3x faster than zlib both ways, and its
+level 1 compresses as well as zlib's. Default write levels favour throughput: gzip 1, zstd 3, xz
+preset 1, bz2 9 (bz2's levels differ little in speed). A path whose extension names a compression we
+do not handle (.lz4, .br, .snappy, ...) raises ValueError rather than being read or written as plain
+bytes under a misleading name.
 """
 
 from __future__ import annotations
 
+import bz2
 import contextlib
 import gzip
 import io
@@ -18,6 +22,8 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 import fsspec
+
+from zephyr.io.paths import compression_of
 
 try:  # a core dependency; the stdlib's zlib is the fallback where no isal wheel exists
     from isal import igzip as _gzip
@@ -29,24 +35,8 @@ except ImportError:  # pragma: no cover - exercised only without isal
 GZIP_LEVEL = 1
 ZSTD_LEVEL = 3
 XZ_PRESET = 1
+BZ2_LEVEL = 9
 CHUNK_BYTES = 1 << 20
-
-_GZIP = (".gz", ".gzip")
-_ZSTD = (".zst", ".zstd")
-_XZ = (".xz",)
-COMPRESSED_EXTENSIONS = _GZIP + _ZSTD + _XZ
-
-
-def compression_of(path: str) -> str | None:
-    """'gzip', 'zstd', 'xz' or None, from the path's extension."""
-    lower = path.lower()
-    if lower.endswith(_GZIP):
-        return "gzip"
-    if lower.endswith(_ZSTD):
-        return "zstd"
-    if lower.endswith(_XZ):
-        return "xz"
-    return None
 
 
 def _zstd_chunks(raw: BinaryIO) -> Iterator[bytes]:
@@ -85,6 +75,14 @@ def _decompressed_chunks(raw: BinaryIO, kind: str | None) -> Iterator[bytes]:
     elif kind == "xz":
         with lzma.open(raw, "rb") as f:
             yield from _stream_chunks(f)
+    elif kind == "bz2":
+        with bz2.BZ2File(raw, "rb") as f:
+            try:
+                yield from _stream_chunks(f)
+            except OSError as e:  # bz2 reports bad data as OSError("Invalid data stream")
+                if "Invalid data stream" not in str(e):
+                    raise
+                raise EOFError(str(e)) from None
     else:
         yield from _stream_chunks(raw)
 
@@ -161,6 +159,9 @@ def compressing(raw: BinaryIO, path: str) -> Iterator[BinaryIO]:
             yield f
     elif kind == "xz":
         with lzma.open(raw, "wb", preset=XZ_PRESET) as f:
+            yield f
+    elif kind == "bz2":
+        with bz2.BZ2File(raw, "wb", compresslevel=BZ2_LEVEL) as f:
             yield f
     else:
         yield raw

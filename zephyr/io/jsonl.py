@@ -37,7 +37,7 @@ _encode = msgspec.json.Encoder(enc_hook=_enc_hook).encode
 
 
 def load_jsonl(path: str, on_error: str = "raise") -> Iterator[Any]:
-    """Stream the records of a JSON Lines file (plain, .gz, .zst/.zstd or .xz by extension).
+    """Stream the records of a JSON Lines file (plain, .gz, .zst/.zstd, .xz or .bz2 by extension).
 
     Any JSON value is a record (usually a dict). Blank lines are skipped. The tokens `NaN`,
     `Infinity` and `-Infinity` (as Python's json writes them) read as floats. A malformed line

@@ -13,8 +13,56 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 TEMPLATE_FIELDS = ("shard", "total", "basename")
-_KNOWN_EXTENSIONS = (
-    ".gz", ".gzip", ".zst", ".zstd", ".xz", ".bz2",
+_GZIP = (".gz", ".gzip")
+_ZSTD = (".zst", ".zstd")
+_XZ = (".xz",)
+_BZ2 = (".bz2",)
+COMPRESSED_EXTENSIONS = _GZIP + _ZSTD + _XZ + _BZ2
+# Extensions of compressions and archives that are not handled here: a file named so is refused
+# instead of being read or written as plain bytes (an `out.jsonl.lz4` that holds plain JSON).
+UNSUPPORTED_EXTENSIONS = (
+    ".lz4", ".br", ".snappy", ".sz", ".lzo", ".lz", ".lzma", ".z", ".zip", ".7z", ".rar",
+    ".tar", ".tgz",
+)  # fmt: skip
+
+
+def compression_of(path: str) -> str | None:
+    """'gzip', 'zstd', 'xz', 'bz2' or None, from the path's extension; ValueError for an extension
+    of a compression that is not supported (see UNSUPPORTED_EXTENSIONS)."""
+    lower = str(path).lower()
+    if lower.endswith(_GZIP):
+        return "gzip"
+    if lower.endswith(_ZSTD):
+        return "zstd"
+    if lower.endswith(_XZ):
+        return "xz"
+    if lower.endswith(_BZ2):
+        return "bz2"
+    if lower.endswith(UNSUPPORTED_EXTENSIONS):
+        ext = lower[lower.rfind(".") :]
+        raise ValueError(
+            f"{path}: {ext!r} compression is not supported; name the file with one of "
+            f"{', '.join(COMPRESSED_EXTENSIONS)} or no compression extension"
+            + (" (read .zip archives with load_zip_members)" if ext == ".zip" else "")
+        )
+    return None
+
+
+def check_output_compression(pattern: str | Callable, fmt: str) -> None:
+    """Raise ValueError (before any work runs) if a string output pattern names a compression the
+    writer cannot produce: an unsupported one for any writer, or any for Parquet, which compresses
+    inside the file."""
+    if callable(pattern):
+        return  # checked when each path is opened
+    kind = compression_of(pattern)
+    if kind is not None and fmt == "parquet":
+        raise ValueError(
+            f"output pattern {pattern!r} ends in a {kind} extension, but Parquet files are "
+            "compressed inside (zstd per column); end the pattern in '.parquet'"
+        )
+
+
+_KNOWN_EXTENSIONS = COMPRESSED_EXTENSIONS + (
     ".jsonl", ".json", ".ndjson", ".parquet", ".txt", ".csv", ".tsv", ".bin",
 )  # fmt: skip
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import fsspec
 
-from zephyr.io.compression import COMPRESSED_EXTENSIONS, compression_of
 from zephyr.io.jsonl import load_jsonl
+from zephyr.io.paths import COMPRESSED_EXTENSIONS, compression_of
 from zephyr.io.provenance import check_on_error, current_position
 
 # Dolma and friends name JSON Lines files `.json.gz`, so `.json` means JSON Lines here.
@@ -45,7 +45,7 @@ def _reader_for(path: str) -> Callable[[str], Iterator[Any]]:
 
 def load_file(path: str, on_error: str = "raise") -> Iterator[Any]:
     """Stream the records of `path` with the reader its extension names: JSON Lines (`.jsonl`,
-    `.ndjson`, `.json`, optionally `.gz`/`.zst`/`.zstd`/`.xz`) or Parquet (`.parquet`).
+    `.ndjson`, `.json`, optionally `.gz`/`.zst`/`.zstd`/`.xz`/`.bz2`) or Parquet (`.parquet`).
 
     An unknown extension raises ValueError listing the supported ones (before the file is opened).
     `on_error="skip"` leaves out malformed JSON lines (see `load_jsonl`); Parquet has no bad
