@@ -101,15 +101,17 @@ class Dataset:
 
         Hidden files (names starting with '.', like the temporaries of unfinished writes) are
         skipped. Two-argument form: `from_files(directory, "*.jsonl.gz")`. No match raises
-        FileNotFoundError
-        naming the pattern, unless `empty_glob_ok=True` (then the dataset has no shards).
+        FileNotFoundError naming the pattern, unless `empty_glob_ok=True` (then the dataset has no
+        shards); a directory alone raises one that names the globs to use.
         """
         full = str(pattern)
         if glob is not None:
             full = posixpath.join(full.rstrip("/"), glob)
-        from zephyr.io.fs import glob_files
+        from zephyr.io.fs import describe_directory, glob_files
 
         files = glob_files(full)
+        if not files and glob is None and (hint := describe_directory(full)):
+            raise FileNotFoundError(hint)
         if not files and not empty_glob_ok:
             raise FileNotFoundError(
                 f"no files match {full!r}; check the path and pattern, or pass empty_glob_ok=True "

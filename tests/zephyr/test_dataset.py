@@ -220,6 +220,30 @@ def test_from_files_with_no_match_names_the_pattern(tmp_path):
         Dataset.from_files(str(tmp_path / "nothing-here"), "*.jsonl")
 
 
+@pytest.mark.parametrize("root", ["local", "memory"])
+def test_from_files_on_a_directory_says_it_is_one_and_how_to_glob_it(tmp_path, root):
+    folder = str(tmp_path / "raw") if root == "local" else f"memory://zephyr-dir-{uuid.uuid4().hex}"
+    fs, path = fsspec.core.url_to_fs(folder)
+    fs.makedirs(path, exist_ok=True)
+    for name in ["part-0.jsonl.gz", "part-1.jsonl.gz", "README.txt"]:
+        with fs.open(f"{path}/{name}", "wb") as f:
+            f.write(b"")
+    try:
+        for given in (folder, folder + "/"):
+            with pytest.raises(FileNotFoundError) as info:
+                Dataset.from_files(given)
+            message = str(info.value)
+            assert f"{given!r} is a directory" in message
+            assert f"from_files({given!r}, '*.jsonl.gz')" in message
+            assert f"from_files({folder + '/*'!r})" in message
+        # the hinted globs work as written
+        assert Dataset.from_files(folder, "*.jsonl.gz").num_input_shards == 2
+        assert Dataset.from_files(folder + "/*").num_input_shards == 3
+    finally:
+        if root == "memory":
+            fs.rm(path, recursive=True)
+
+
 @dask
 def test_empty_glob_ok_gives_an_empty_dataset(backend, tmp_path):
     ds = Dataset.from_files(str(tmp_path / "*.jsonl"), empty_glob_ok=True)

@@ -64,3 +64,24 @@ def glob_files(pattern: str) -> list[str]:
     if not is_local(fs):
         files = [fs.unstrip_protocol(p) for p in files]
     return sorted(files)
+
+
+def describe_directory(path: str) -> str | None:
+    """If `path` (no wildcards) is a directory, a hint for globbing its files (the most common file
+    extension inside, as `from_files` takes it); None when it is not a directory."""
+    if _has_magic(path):
+        return None
+    fs, fspath = fsspec.core.url_to_fs(path)
+    try:
+        if not fs.isdir(fspath):
+            return None
+        names = [p.rsplit("/", 1)[-1] for p in fs.ls(fspath, detail=False)]
+    except (OSError, ValueError):
+        return None
+    names = [n for n in names if n[:1] not in "._"]
+    exts = [n[n.index(".") :] for n in names if "." in n.lstrip(".")]
+    glob = f"*{max(set(exts), key=exts.count)}" if exts else "*"
+    return (
+        f"{path!r} is a directory ({len(names)} entries), not a file pattern; glob its files: "
+        f"from_files({path!r}, {glob!r}) or from_files({path.rstrip('/') + '/*'!r})"
+    )
