@@ -96,10 +96,33 @@ def _map(it: Iterator, state: dict, fn: Callable) -> Iterator:
         yield fn(rec)
 
 
+# What a flat_map or map_shard function returned that iterates as something other than records.
+_NOT_RECORDS = {dict: "its keys", str: "its characters", bytes: "its byte values"}
+
+
+def _records(out: Any) -> Any:
+    """`out`, a flat_map or map_shard function's result, if it is an iterable of records; a
+    TypeError for a dict, str or bytes (iterating them would quietly give keys, characters or
+    ints) and for None."""
+    if out is None:
+        raise TypeError(
+            "the function returned None; yield records from it, or return an iterable of "
+            "records (an empty list for none)"
+        )
+    for kind, parts in _NOT_RECORDS.items():
+        if isinstance(out, kind):
+            raise TypeError(
+                f"the function returned a {type(out).__name__}, and iterating it would give "
+                f"{parts}, not records; yield records from it (`yield record`), or return a "
+                "list of records (`return [record]`)"
+            )
+    return out
+
+
 def _flat_map(it: Iterator, state: dict, fn: Callable) -> Iterator:
     for rec in it:
         state["record"] = rec
-        yield from fn(rec)
+        yield from _records(fn(rec))
 
 
 def _filter(it: Iterator, state: dict, pred: Callable) -> Iterator:
@@ -151,7 +174,7 @@ def _flat_map_skip(
         if op.reader_skips:
             pos.op = errors
         try:
-            outputs = iter(fn(rec))
+            outputs = iter(_records(fn(rec)))
             held = list(itertools.islice(outputs, FLAT_MAP_BUFFER + 1))
         except Exception as e:
             errors.skip(e, rec)
@@ -179,7 +202,7 @@ def _flat_map_reader(it: Iterator, state: dict, fn: Callable, errors: OpErrors) 
     for rec in it:
         state["record"] = rec
         pos.op = errors
-        yield from fn(rec)
+        yield from _records(fn(rec))
 
 
 def _then_commit(it: Iterator, quarantine: ShardQuarantine) -> Iterator:
@@ -191,7 +214,7 @@ def _then_commit(it: Iterator, quarantine: ShardQuarantine) -> Iterator:
 
 
 def _map_shard(it: Iterator, state: dict, fn: Callable, info: ShardInfo) -> Iterator:
-    yield from fn(it, info)
+    yield from _records(fn(it, info))
 
 
 def _window(it: Iterator, size: int) -> Iterator:

@@ -311,6 +311,37 @@ def test_map_shard_may_return_any_iterable_and_change_the_count(backend):
     assert run(backend, ds) == ["shard 0", 3, "shard 1", 6]
 
 
+def _as_dict(records, info):
+    return {"shard": info.shard_idx, "n": sum(1 for _ in records)}
+
+
+@dask
+@pytest.mark.parametrize(
+    "returned, what, parts",
+    [
+        (_as_dict, "dict", "its keys"),
+        (lambda records, info: "summary", "str", "its characters"),
+        (lambda records, info: b"\x00\x01", "bytes", "its byte values"),
+    ],
+    ids=["dict", "str", "bytes"],
+)
+def test_map_shard_returning_a_dict_str_or_bytes_is_refused(backend, returned, what, parts):
+    ds = Dataset.from_list([[1, 2], [3]]).flat_map(lambda xs: xs).map_shard(returned)
+    message = rf"map_shard.*returned a {what}, and iterating it would give {parts}"
+    with pytest.raises(ZephyrError, match=message):
+        run(backend, ds)
+
+
+def test_flat_map_returning_a_dict_or_none_is_refused():
+    ds = Dataset.from_list([{"a": 1}])
+    with pytest.raises(ZephyrError, match=r"returned a dict.*\(`yield record`\)"):
+        run(SyncBackend(), ds.flat_map(lambda doc: doc))
+    with pytest.raises(ZephyrError, match=r"returned None; yield records"):
+        run(SyncBackend(), ds.flat_map(lambda doc: None))
+    # lists, tuples, generators and other iterables of records still work
+    assert run(SyncBackend(), ds.flat_map(lambda doc: [doc, doc])) == [{"a": 1}, {"a": 1}]
+
+
 @dask
 def test_window_and_batch_group_each_shard_with_a_shorter_last_window(backend):
     ds = Dataset.from_list([7, 3]).flat_map(upto)
