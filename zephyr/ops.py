@@ -66,6 +66,9 @@ class SourceOp:
     def label(self) -> str:
         return "from_files" if self.kind == "files" else "from_list"
 
+    def __repr__(self) -> str:
+        return f"<SourceOp {self.label} {self.description}: {len(self.items)} shards>"
+
 
 @dataclass(frozen=True)
 class MapOp(_RecordOp):

@@ -67,6 +67,10 @@ class Stage:
         words = [re.sub(r"[^A-Za-z]", "", label) for label in labels]
         return "-".join(w for w in words if w) or "identity"
 
+    def __repr__(self) -> str:
+        # The dataclass repr would list every input item (thousands of paths).
+        return f"<Stage {self.index} {self.name!r}: {self.num_shards} shards>"
+
     @property
     def has_nested(self) -> bool:
         return any(isinstance(op, Nested) for op in self.ops)
@@ -106,6 +110,14 @@ class Plan:
 
     def __str__(self) -> str:
         return self.describe()
+
+    def __repr__(self) -> str:
+        # A REPL echoes this after `.plan()` printed the stages: one line, never the input items.
+        shards = " -> ".join(str(stage.num_shards) for stage in self.stages) or "0"
+        return (
+            f"<Plan: {len(self.stages)} stage(s) from {self.source.label} "
+            f"{self.source.description}, shards {shards}; print(plan) shows the stages>"
+        )
 
 
 def _group_nested(ops: list, executor: Any) -> list:

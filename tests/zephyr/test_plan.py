@@ -409,3 +409,15 @@ def test_skipping_without_a_writer_needs_a_folder_named_before_anything_runs(tmp
         ).compute_plan()
     with pytest.raises(ValueError, match=r"map\(double\) has on_error='skip' but comes after "):
         Dataset.from_list([1]).write_jsonl("o.jsonl").map(double, on_error="skip").compute_plan()
+
+
+def test_the_repr_of_a_plan_over_thousands_of_files_is_one_short_line(tmp_path):
+    for i in range(3000):
+        (tmp_path / f"part-{i:05d}.jsonl").touch()
+    ds = Dataset.from_files(str(tmp_path), "*.jsonl").load_jsonl().map(double).reshard(4)
+    plan = ds.compute_plan()
+    for text in (repr(plan), repr(plan.stages[0]), repr(plan.source), repr(ds)):
+        assert len(text) < 200, text[:300]
+        assert "part-00001" not in text and "\n" not in text, text
+    assert "shards 3000 -> 4" in repr(plan)
+    assert "3000 shards" in repr(plan.stages[0])
