@@ -14,6 +14,7 @@ from typing import Any
 _WHERE = {
     "ActorHandle": "actors",
     "ActorLostError": "actors",
+    "ActorNameNotSharedWarning": "actors",
     "Cluster": "cluster",
     "CpuConfig": "types",
     "DaskCluster": "dask_cluster",
@@ -30,6 +31,7 @@ _WHERE = {
     "JobRequest": "types",
     "JobStatus": "types",
     "LocalCluster": "local",
+    "RemoteTraceback": "results",
     "ResourceConfig": "types",
     "SyncContext": "context",
     "TaskInfo": "types",

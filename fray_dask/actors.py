@@ -18,6 +18,11 @@ class ActorLostError(RuntimeError):
     lost. Create it again (`create_actor(..., get_if_exists=True)` makes a new one)."""
 
 
+class ActorNameNotSharedWarning(UserWarning):
+    """A named actor was created where its name reaches only the current process (a job on
+    `FRAY_CLUSTER_SPEC=local`), so other jobs asking for the same name get their own instance."""
+
+
 class ActorMethod:
     """A method of an actor: call `.remote(*args, **kwargs)` to run it."""
 

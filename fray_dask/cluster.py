@@ -1,5 +1,6 @@
-"""The Cluster protocol (launch, poll, monitor, terminate, list_jobs, wait) and the driver-side
-record of a job that every implementation keeps: replica states, retry budgets and log lines.
+"""The Cluster protocol (launch, poll, monitor, terminate, list_jobs, wait, result) and the
+driver-side record of a job that every implementation keeps: replica states, retry budgets, log
+lines and the callable's saved return values.
 
 No Dask import. Implementations decide where a replica runs; the retry and status rules live here
 so that every cluster applies the same ones.
@@ -15,7 +16,9 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
+from fray_dask import results
 from fray_dask.process import Outcome
 from fray_dask.secrets import mask, secret_values
 from fray_dask.types import JobFailedError, JobId, JobInfo, JobRequest, JobStatus, TaskInfo
@@ -44,6 +47,7 @@ class _Replica:
     preemptions: int = 0
     worker: str | None = None
     error: str | None = None
+    result: bytes | None = None  # the runner's pickled outcome of its last run (Outcome.result)
 
     def info(self) -> TaskInfo:
         return TaskInfo(
@@ -67,6 +71,7 @@ class JobRecord:
         self.replicas = [_Replica(i) for i in range(replica_count)]
         self.status = JobStatus.PENDING
         self.error: str | None = None
+        self.failed_replica: int | None = None  # the one `error` is about
         self.stop_requested = False
         self.lines: deque[str] = deque(maxlen=MAX_LOG_LINES)
         self.lines_total = 0  # every line ever added, including those dropped from `lines`
@@ -98,7 +103,7 @@ class JobRecord:
             r = self.replicas[replica]
             if r.status.finished():  # a late notice for a replica already stopped or failed
                 return False
-            r.status, r.worker = JobStatus.RUNNING, worker
+            r.status, r.worker, r.result = JobStatus.RUNNING, worker, None
             r.attempts += 1
             self._update()
             return not self.stop_requested
@@ -112,6 +117,7 @@ class JobRecord:
         (all replicas restart together) passes `spent`, the job's own count including this one."""
         with self.cond:
             r = self.replicas[replica]
+            r.result = outcome.result
             retry = False
             if self.stop_requested or outcome.status is JobStatus.STOPPED:
                 r.status = JobStatus.STOPPED
@@ -155,6 +161,7 @@ class JobRecord:
         failed = [r for r in self.replicas if r.status is JobStatus.FAILED]
         if failed and self.error is None:
             self.error = f"replica {failed[0].index}: {failed[0].error}"
+            self.failed_replica = failed[0].index
         if all(s.finished() for s in states):
             if failed:
                 self.status = JobStatus.FAILED
@@ -202,7 +209,7 @@ class JobRecord:
         with self.cond:
             for r in self.replicas:
                 if not r.status.finished():
-                    r.status, r.error = JobStatus.FAILED, message
+                    r.status, r.error, r.result = JobStatus.FAILED, message, None
             self._update()
 
 
@@ -351,6 +358,50 @@ class Cluster(abc.ABC):
                 raise JobFailedError(record.info())
         infos = [r.info() for r in records]
         return infos[0] if single else infos
+
+    def result(self, job_id: JobId, timeout: float | None = None) -> list[Any]:
+        """The return value of each replica of a callable job, in replica order; blocks until the
+        job ended (`timeout` seconds: TimeoutError naming the job and its state).
+
+        A job that failed raises the exception its callable raised, with its type and message, the
+        traceback from the job's process as `__cause__` and a note naming the job and replica;
+        when there is none to raise (killed, non-zero exit, lost worker, an unpicklable exception)
+        or the job was stopped, JobFailedError carrying its JobInfo. A job that runs a command
+        (`Entrypoint.from_binary`) has no return value: ValueError, at once. With retries, the
+        values are those of each replica's last run. A replica that exits 0 without returning
+        (`os._exit(0)`) gives None.
+
+        Values travel pickled to this driver and stay in its memory as long as the cluster object
+        keeps the job's record (after close() too): return small things (metrics, paths) and
+        write large ones to storage. A GKE cluster cannot fetch them (NotImplementedError).
+
+            square = Entrypoint.from_callable(pow, args=[3, 2])
+            job = cluster.launch(JobRequest(name="square", entrypoint=square))
+            assert cluster.result(job) == [9]
+        """
+        record = self._record(job_id)
+        entrypoint = record.request.entrypoint
+        if entrypoint.callable is None:
+            raise ValueError(
+                f"job {record.job_id} ran the command {entrypoint.description!r}, which has no "
+                "return value; result() is for Entrypoint.from_callable jobs. Read its output "
+                "with logs(), or have the command write its result to a file"
+            )
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = 1.0 if deadline is None else min(1.0, max(0.0, deadline - time.monotonic()))
+            if record.wait_finished(left):
+                break
+            self._check_health()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"job {record.job_id} is still {record.status.value} after {timeout:g} s, so "
+                    "it has no result yet; call result() again, pass a longer timeout (None waits "
+                    "for its end), or terminate() it"
+                )
+        if record.status is JobStatus.SUCCEEDED:
+            return results.values(record)
+        results.raise_failure(record)
 
     @staticmethod
     def _timeout_message(records: list[JobRecord], timeout: float | None) -> str:

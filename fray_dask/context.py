@@ -15,10 +15,14 @@ import contextvars
 import os
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from fray_dask.actors import ActorHandle, LocalActorHandle
+from fray_dask.actors import ActorHandle, ActorNameNotSharedWarning, LocalActorHandle
+
+# Actor names already warned about in this process (ActorNameNotSharedWarning, once per name).
+_WARNED_NAMES: set[str] = set()
 
 
 class JobContext(abc.ABC):
@@ -122,6 +126,9 @@ class _InProcessContext(JobContext):
     def __init__(self) -> None:
         self._named: dict[str, LocalActorHandle] = {}
         self._named_lock = threading.Lock()
+        # The cluster spec whose jobs each get a context of their own, when this context is a
+        # job's on such a cluster (names then reach no other job): warned about on use.
+        self._names_local_to: str | None = None
 
     def put(self, obj: Any) -> concurrent.futures.Future[Any]:
         return _finished(obj)
@@ -140,6 +147,8 @@ class _InProcessContext(JobContext):
         num_cpus: float | None = None,
         **kwargs: Any,
     ) -> ActorHandle:
+        if name is not None and get_if_exists and self._names_local_to is not None:
+            _warn_unshared(name, self._names_local_to)
         with self._named_lock:
             if name is not None and name in self._named:
                 if get_if_exists:
@@ -158,6 +167,24 @@ class _InProcessContext(JobContext):
             if name is not None:
                 self._named[name] = handle
             return handle
+
+
+def _warn_unshared(name: str, spec: str) -> None:
+    """Warns once per name per process that `name` is shared by nobody outside this process."""
+    with _LOCK:
+        if name in _WARNED_NAMES:
+            return
+        _WARNED_NAMES.add(name)
+    warnings.warn(
+        ActorNameNotSharedWarning(
+            f"the actor name {name!r} is shared only within this process: on "
+            f"FRAY_CLUSTER_SPEC={spec} every job (and each of its replicas) is a process of its "
+            f"own, so another job's create_actor(..., name={name!r}, get_if_exists=True) makes a "
+            "second instance. To share a named actor between jobs, run them on "
+            "FRAY_CLUSTER_SPEC=dask (or dask?address=tcp://host:8786)"
+        ),
+        stacklevel=3,  # the line that called create_actor
+    )
 
 
 class SyncContext(_InProcessContext):
@@ -226,7 +253,10 @@ def _context_for_spec(spec: str) -> JobContext:
         return DaskContext(connect(spec).client)
     if scheme in ("local", "gke", "tpu-local"):
         # A job's tasks run in its own process: a LocalCluster child, a GKE pod, a local TPU host.
-        return ThreadContext()
+        ctx = ThreadContext()
+        if scheme == "local":  # another job on it would expect to find this one's named actors
+            ctx._names_local_to = spec
+        return ctx
     cluster_from_spec(spec)  # raises for an unknown spec, listing the valid ones
     return ThreadContext()
 

@@ -27,6 +27,7 @@ from fray_dask.placement import Dispatcher, Pending, usage
 from fray_dask.process import Launch, Outcome, ReplicaProcess, serialize_entrypoint
 from fray_dask.resources import check_satisfiable, dask_resources
 from fray_dask.types import JobId, JobRequest, JobStatus
+from fray_dask.workdirs import sweep_stale_workdirs
 
 logger = logging.getLogger("fray_dask")
 
@@ -36,6 +37,9 @@ LOG_TOPIC = "fray-job-events"
 CONNECT_TIMEOUT = 8.0
 # How long a finished replica's result may wait for its last log lines to arrive.
 LINES_GRACE_SECONDS = 5.0
+# A replica's saved return value (pickled) up to this size travels in its "ended" event; a larger
+# one is fetched from the task's result instead (the scheduler keeps recent events in memory).
+RESULT_EVENT_BYTES = 64 * 1024
 
 # -- worker side ------------------------------------------------------------------------------
 # The replica processes running in this worker process, by job id, and the jobs told to stop
@@ -43,6 +47,7 @@ LINES_GRACE_SECONDS = 5.0
 _RUNNING: dict[str, set[ReplicaProcess]] = {}
 _STOPPED: collections.deque[str] = collections.deque(maxlen=10_000)
 _WORKER_LOCK = threading.Lock()
+_SWEPT = threading.Event()  # this worker process swept stale replica work dirs at its first job
 
 # Driver side: the DaskCluster that launched each job, for routing events. A client has one
 # handler per topic, and several DaskCluster objects may share the embedded cluster's client.
@@ -64,6 +69,9 @@ def _run_replica(launch: Launch, attempt: int) -> Outcome:
     """The Dask task of one replica: announces itself, secedes, runs the child to its end."""
     worker = distributed.get_worker()
     ids = {"job": launch.job_id, "replica": launch.replica, "attempt": attempt}
+    if not _SWEPT.is_set():  # left by a worker process that died on this machine
+        _SWEPT.set()
+        sweep_stale_workdirs()
 
     def send(lines: list[str]) -> None:
         worker.log_event(LOG_TOPIC, {"kind": "lines", "lines": lines, **ids})
@@ -81,12 +89,15 @@ def _run_replica(launch: Launch, attempt: int) -> Outcome:
         outcome = process.run()
         # The outcome also travels as an event, ahead of the task's end on the same streams, so
         # the driver need not fetch the result from the worker (a round trip per job).
+        small = outcome.result is None or len(outcome.result) <= RESULT_EVENT_BYTES
         ended = {
             "kind": "ended",
             "status": outcome.status.value,
             "error": outcome.error_message,
             "exit_code": outcome.exit_code,
             "lines": outcome.lines,
+            "result": outcome.result if small else None,
+            "result_in_task": not small,
         }
         worker.log_event(LOG_TOPIC, {**ended, **ids})
         return outcome
@@ -156,6 +167,7 @@ class DaskCluster(Cluster):
 
     def __init__(self, address: str | Client | None = None, timeout: float = CONNECT_TIMEOUT):
         super().__init__()
+        sweep_stale_workdirs()  # those of dead drivers and workers on this machine
         self.client, self._owns_client = connect(address, timeout)
         self.timeout = timeout
         self.address = self.client.scheduler.address
@@ -266,11 +278,11 @@ class DaskCluster(Cluster):
             with self._lock:
                 self._line_counts[(record.job_id, replica, attempt)] += len(msg["lines"])
         elif msg["kind"] == "ended":
-            outcome = Outcome(
-                JobStatus(msg["status"]), msg["error"], msg["exit_code"], msg["lines"]
-            )
-            with self._lock:
-                self._outcomes[(record.job_id, replica, attempt)] = outcome
+            status = JobStatus(msg["status"])
+            outcome = Outcome(status, msg["error"], msg["exit_code"], msg["lines"], msg["result"])
+            if not msg["result_in_task"]:  # else _on_done reads the outcome from the task
+                with self._lock:
+                    self._outcomes[(record.job_id, replica, attempt)] = outcome
             # Its process has exited: the next replica may head for this worker now (the task
             # frees the resources a moment later, before that replica can arrive).
             self._dispatcher.release(_task_key(record.job_id, replica, attempt))

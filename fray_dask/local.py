@@ -13,6 +13,7 @@ from fray_dask.cluster import Cluster, JobRecord, new_job_id, replica_count
 from fray_dask.environment import check_request
 from fray_dask.process import Launch, Outcome, ReplicaProcess, serialize_entrypoint
 from fray_dask.types import JobId, JobRequest, JobStatus
+from fray_dask.workdirs import sweep_stale_workdirs
 
 logger = logging.getLogger("fray_dask")
 
@@ -29,6 +30,7 @@ class LocalCluster(Cluster):
 
     def __init__(self) -> None:
         super().__init__()
+        sweep_stale_workdirs()  # replica work dirs whose driver died (see fray_dask.workdirs)
         self._processes: dict[tuple[JobId, int], ReplicaProcess] = {}
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()

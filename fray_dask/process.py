@@ -1,5 +1,6 @@
 """One replica of a job as a child process: its command line and environment, its output read
-line by line, its exit turned into an outcome, and a kill that reaches its whole process group.
+line by line, its exit turned into an outcome (with the callable's saved result), a kill that
+reaches its whole process group, and the work directories it leaves to sweep.
 
 No Dask import: the local cluster runs this in the driver, the Dask cluster inside a worker task.
 """
@@ -26,6 +27,7 @@ import cloudpickle
 from fray_dask.environment import job_packages
 from fray_dask.secrets import mask, secret_values
 from fray_dask.types import EnvironmentConfig, JobRequest, JobStatus
+from fray_dask.workdirs import workdir_prefix
 
 # A replica's output reaches the driver in batches: whichever comes first of this many lines,
 # this many characters, or this many seconds since the batch began.
@@ -40,12 +42,17 @@ KILL_GRACE_SECONDS = 5.0
 
 @dataclass(frozen=True)
 class Outcome:
-    """How one run of a replica ended: succeeded, failed (with a message) or stopped."""
+    """How one run of a replica ended: succeeded, failed (with a message) or stopped.
+
+    `result` is what a callable's runner saved, still pickled: `("ok", value)` or
+    `("error", exception_or_None, traceback_text)` (None for a binary, or when nothing was saved).
+    """
 
     status: JobStatus
     error_message: str | None = None
     exit_code: int | None = None
     lines: int = 0
+    result: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +124,17 @@ def _environment(launch: Launch, venv_env: dict[str, str] | None) -> dict[str, s
     return env
 
 
+def _read_result(workdir: str) -> bytes | None:
+    """The runner's result file as saved (still pickled), None if it wrote none."""
+    if not workdir:
+        return None
+    try:
+        with open(os.path.join(workdir, "result.pkl"), "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
 def _close(fds: tuple[int, int] | None) -> None:
     for fd in fds or ():
         with contextlib.suppress(OSError):
@@ -164,7 +182,11 @@ class ReplicaProcess:
         return self._proc.pid if self._proc is not None else None
 
     def run(self) -> Outcome:
-        workdir = tempfile.mkdtemp(prefix=f"fray-{self.launch.job_id}-{self.launch.replica}-")
+        """Runs the replica to its end. A callable's work directory (its payload and result) is
+        removed however the run ends; see `workdir_prefix` for when this process dies first."""
+        if self.launch.payload is None:  # a binary needs no files
+            return self._run("")
+        workdir = tempfile.mkdtemp(prefix=workdir_prefix(self.launch.job_id, self.launch.replica))
         try:
             return self._run(workdir)
         finally:
@@ -253,9 +275,10 @@ class ReplicaProcess:
             os.close(lifeline[1])
         if self._killed.is_set():
             return Outcome(JobStatus.STOPPED, "stopped by terminate()", code, lines)
+        result = _read_result(workdir)
         if code == 0:
-            return Outcome(JobStatus.SUCCEEDED, None, code, lines)
-        return Outcome(JobStatus.FAILED, self._error(workdir, code, last), code, lines)
+            return Outcome(JobStatus.SUCCEEDED, None, code, lines, result)
+        return Outcome(JobStatus.FAILED, self._error(result, code, last), code, lines, result)
 
     def _pump(self, secrets: tuple[str, ...]) -> tuple[int, list[str]]:
         """Reads the output to its end; returns the number of lines and the last few.
@@ -311,12 +334,11 @@ class ReplicaProcess:
             self.on_lines(batch)
         return count, list(tail)
 
-    def _error(self, workdir: str, code: int, tail: list[str]) -> str:
+    def _error(self, result: bytes | None, code: int, tail: list[str]) -> str:
         secrets = self._secrets
-        result = os.path.join(workdir, "result.pkl")
-        if os.path.exists(result):
-            with contextlib.suppress(Exception), open(result, "rb") as f:
-                kind, *rest = cloudpickle.load(f)
+        if result is not None:
+            with contextlib.suppress(Exception):
+                kind, *rest = cloudpickle.loads(result)
                 if kind == "error":
                     exc, text = rest
                     if exc is not None:

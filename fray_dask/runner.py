@@ -4,7 +4,8 @@
 The payload file holds cloudpickle((fn, args, kwargs)). The result file receives
 cloudpickle(("ok", value)) or cloudpickle(("error", exception_or_None, traceback_text)); the exit
 code is 0 on success and 1 when the callable raised. Imports only cloudpickle, so it also runs
-inside an isolated virtualenv that overlays the parent environment.
+inside an isolated virtualenv that overlays the parent environment. When the process that started
+it dies, it removes its work directory (the payload's folder) and kills its process group.
 """
 
 from __future__ import annotations
@@ -21,13 +22,15 @@ def _write(path: str, payload: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _watch_lifeline() -> None:
+def _watch_lifeline(workdir: str) -> None:
     """Kills this process group (the job and everything it started) when the lifeline pipe from
-    the parent closes, which happens when the worker or driver that started the job dies. Checked
-    by a thread, so a job's own signal handlers are untouched."""
+    the parent closes, which happens when the worker or driver that started the job dies; first
+    removes `workdir`, which that parent would have removed. Checked by a thread, so a job's own
+    signal handlers are untouched."""
     fd = os.environ.pop("FRAY_LIFELINE_FD", None)
     if fd is None:
         return
+    import shutil
     import signal
     import threading
 
@@ -37,6 +40,7 @@ def _watch_lifeline() -> None:
     def watch() -> None:
         try:
             os.read(lifeline, 1)  # returns (empty) only when the parent's end is closed
+            shutil.rmtree(workdir, ignore_errors=True)  # nobody is left to read the result
         finally:
             os.killpg(0, signal.SIGKILL)
 
@@ -44,10 +48,10 @@ def _watch_lifeline() -> None:
 
 
 def main(argv: list[str]) -> int:
-    _watch_lifeline()
+    payload_path, result_path = argv
+    _watch_lifeline(os.path.dirname(os.path.abspath(payload_path)))
     import cloudpickle
 
-    payload_path, result_path = argv
     with open(payload_path, "rb") as f:
         fn, args, kwargs = cloudpickle.load(f)
     try:

@@ -463,6 +463,15 @@ class GkeTpuCluster(Cluster):
         if job.record.status.finished():  # terminate() ran meanwhile: its delete came first
             self._api.delete("Job", job.name, "Background")
 
+    def result(self, job_id: JobId, timeout: float | None = None) -> list[Any]:
+        """Not available here: a pod's return value stays in the pod (NotImplementedError)."""
+        record = self._record(job_id)
+        raise NotImplementedError(
+            f"GkeTpuCluster cannot return job {record.job_id}'s return values: its pods report "
+            "only their status and logs to this driver; have the job write its result to storage "
+            "(e.g. gs://bucket/results/<job>.json) and read it after wait()"
+        )
+
     # -- stopping ---------------------------------------------------------------------------
     def _stop(self, record: JobRecord) -> None:
         """Deletes the workload (its pods go with it), the Service, ConfigMap and Secret."""

@@ -232,3 +232,35 @@ def spawn_grandchild(folder: str) -> None:
         f.write(str(child.pid))
     os.replace(os.path.join(folder, "grandchild.tmp"), os.path.join(folder, "grandchild"))
     print("started a grandchild and left")
+
+
+def replica_identity(tag: str) -> dict[str, str]:
+    """Returns who ran it: the replica id (and a TPU host's worker id) with `tag`."""
+    return {
+        "tag": tag,
+        "replica": os.environ.get("FRAY_REPLICA_ID", "<unset>"),
+        "tpu_worker": os.environ.get("TPU_WORKER_ID", "<unset>"),
+    }
+
+
+class LessonError(ValueError):
+    """An exception type of the job's own, to check it comes back as itself."""
+
+
+def fail_with_lesson_error(lesson: str) -> None:
+    raise LessonError(f"no such lesson: {lesson}")
+
+
+def big_value(size: int) -> bytes:
+    return bytes(range(256)) * (size // 256)
+
+
+def create_named_actor_twice(name: str) -> None:
+    """Finds (or creates) the named Counter twice, as two parts of one job would."""
+    from fray_dask import fray_job_ctx
+
+    ctx = fray_job_ctx()
+    for _ in range(2):
+        counter = ctx.create_actor(Counter, name=name, get_if_exists=True)
+        ctx.get(counter.incr.remote())
+    print(f"counter {name} at {ctx.get(counter.value.remote())}")

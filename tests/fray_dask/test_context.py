@@ -154,6 +154,28 @@ def test_a_local_cluster_job_gets_a_thread_context(monkeypatch):
         ]
 
 
+def test_a_named_actor_in_a_local_cluster_job_warns_once_that_other_jobs_cannot_share_it():
+    """Two jobs on FRAY_CLUSTER_SPEC=local asking for one named actor get one instance each; each
+    job is told once (per name) and pointed at the spec that shares names."""
+    from fray_dask import LocalCluster
+
+    name = unique("lessons")
+    request = JobRequest(
+        name="named", entrypoint=Entrypoint.from_callable(jobs.create_named_actor_twice, [name])
+    )
+    with LocalCluster() as cluster:
+        launched = [cluster.launch(request) for _ in range(2)]
+        cluster.wait(launched, raise_on_failure=True, timeout=60)
+        for job in launched:
+            logs = cluster.logs(job)
+            warnings = [line for line in logs if "ActorNameNotSharedWarning" in line]
+            assert len(warnings) == 1, logs
+            assert f"the actor name {name!r} is shared only within this process" in warnings[0]
+            assert "FRAY_CLUSTER_SPEC=local" in warnings[0]
+            assert "run them on FRAY_CLUSTER_SPEC=dask" in warnings[0]
+            assert f"[replica-0] counter {name} at 2" in logs  # its own instance, not shared
+
+
 # -- cluster-wide actors (Dask) -----------------------------------------------------------------
 
 
@@ -163,13 +185,14 @@ def test_two_jobs_increment_one_named_counter(fray_dask_cluster, dask_backend):
     request = JobRequest(
         name="incr", entrypoint=Entrypoint.from_callable(jobs.increment_named_counter, [name, 5])
     )
-    fray_dask_cluster.wait(
-        [fray_dask_cluster.launch(request) for _ in range(2)], raise_on_failure=True
-    )
+    launched = [fray_dask_cluster.launch(request) for _ in range(2)]
+    fray_dask_cluster.wait(launched, raise_on_failure=True)
     ctx = DaskContext()
     counter = ctx.create_actor(jobs.Counter, name=name, get_if_exists=True)
     assert ctx.get(counter.value.remote()) == 10
     counter.kill()
+    logs = [line for job in launched for line in fray_dask_cluster.logs(job)]
+    assert not [line for line in logs if "ActorNameNotSharedWarning" in line]  # shared here
 
 
 @pytest.mark.dask

@@ -3,7 +3,9 @@ launch, lost workers count as preemptions, jobs reach their own cluster, bad add
 
 from __future__ import annotations
 
+import glob
 import os
+import tempfile
 import time
 
 import pytest
@@ -110,6 +112,8 @@ def test_a_lost_worker_is_a_preemption_and_the_replica_runs_again(allowed_failur
             while pid_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert not pid_alive(pid), "the job's process outlived its worker"
+            # It removed its work dir (payload.pkl) before dying: no one else was left to.
+            assert not glob.glob(os.path.join(tempfile.gettempdir(), f"fray-{job}-0-*"))
     finally:
         dask.close()
 

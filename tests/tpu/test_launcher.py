@@ -178,6 +178,8 @@ def test_job_succeeds_and_monitor_streams_its_log_in_order(gke, standin):
     assert info.status is JobStatus.SUCCEEDED
     assert info.tasks[0].worker == pod and info.tasks[0].attempts == 1
     assert finished(gke, job_id).status is JobStatus.SUCCEEDED
+    with pytest.raises(NotImplementedError, match="write its result to storage"):
+        gke.result(job_id)  # a pod's return value never reaches this driver
 
 
 def test_a_log_stream_cut_mid_way_is_reopened_without_losing_or_repeating_lines(gke, standin):

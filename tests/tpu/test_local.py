@@ -20,6 +20,7 @@ from fray_dask import (
     TpuConfig,
     cluster_from_spec,
 )
+from tests.fray_dask import jobs
 from tests.processes import pid_alive, wait_for
 from tests.tpu import jax_jobs
 from tests.tpu.jax_jobs import noop, tpu_request
@@ -85,6 +86,20 @@ def test_a_failing_process_stops_the_gang_and_fails_the_job(tpu_cluster, tmp_pat
     ]
     assert [t.attempts for t in info.tasks] == [1, 1, 1, 1]
     assert "[replica-1] fray: replica 1 failed; stopping" in "\n".join(tpu_cluster.logs(job))
+    with pytest.raises(RuntimeError, match="replica 1 broke on attempt 1") as failure:
+        tpu_cluster.result(job)
+    assert any("replica 1" in note for note in failure.value.__notes__)
+
+
+def test_result_is_each_hosts_return_value_in_replica_order(tpu_cluster):
+    job = tpu_cluster.launch(tpu_request("values", jobs.replica_identity, "tpu", replicas=2))
+    values = tpu_cluster.result(job, timeout=60)
+    assert [(v["replica"], v["tpu_worker"]) for v in values] == [
+        ("0", "0"),
+        ("1", "1"),
+        ("2", "0"),
+        ("3", "1"),
+    ]
 
 
 def test_the_gang_restarts_within_max_retries_failure(tpu_cluster, tmp_path):
