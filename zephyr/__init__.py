@@ -1,14 +1,24 @@
-"""Zephyr: lazy Dataset pipelines for ML data processing, executed on Dask (or threads, or
+r"""Zephyr: lazy Dataset pipelines for ML data processing, executed on Dask (or threads, or
 in-process).
 
-from zephyr import Dataset, flow_backend, load_jsonl
+Example (a complete script; it writes a tiny corpus into the current folder, then cleans it):
 
-pipeline = (
-    Dataset.from_files("raw/", "*.jsonl.gz")
-    .flat_map(load_jsonl)
-    .filter(lambda doc: len(doc["text"]) > 100)
-    .write_jsonl("clean/{shard:05d}.jsonl.gz")
-) written = list(flow_backend().execute(pipeline))
+    import gzip, json, os
+    from zephyr import Dataset, flow_backend, load_jsonl
+
+    os.makedirs("raw", exist_ok=True)
+    with gzip.open("raw/part-0.jsonl.gz", "wt") as f:
+        f.write(json.dumps({"text": "a long document " * 10}) + "\n")
+        f.write(json.dumps({"text": "too short"}) + "\n")
+
+    pipeline = (
+        Dataset.from_files("raw/", "*.jsonl.gz")
+        .flat_map(load_jsonl)
+        .filter(lambda doc: len(doc["text"]) > 100)
+        .write_jsonl("clean/{shard:05d}.jsonl.gz")
+    )
+    written = list(flow_backend().execute(pipeline))
+    print(written)  # ['clean/00000.jsonl.gz'], holding the long document
 """
 
 import logging as _logging

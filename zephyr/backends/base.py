@@ -152,13 +152,15 @@ class Backend(abc.ABC):
     finish; a pipeline that ends in a writer yields the written paths.
     """
 
+    # True: execute prints the plan and runs nothing. `zephyr --dry-run` sets this class-wide
+    # (zephyr.backends.config.cli_context), so it covers every backend the script makes.
+    dry_run: bool = False
+
     def __init__(self, config: BackendConfig | None = None):
         self.config = config or BackendConfig()
         # Per-stage progress on the driver (a bar on a terminal, a log line per stage); None for
         # none.
         self.progress: Any = StageProgress()
-        # Set by `zephyr --dry-run`: execute prints the plan and runs nothing.
-        self.dry_run = False
 
     # -- public API
     def execute(self, dataset: Any) -> Iterator:

@@ -121,18 +121,20 @@ def cli_context(kind: str, dry_run: bool = False, **config: Any) -> Iterator[Bac
     """Make `flow_backend()` return a backend built from these settings (what the `zephyr` CLI
     does).
 
-    With `dry_run`, that backend and every one derived from it with `flow_backend(**overrides)`
-    print each pipeline's plan instead of running it.
+    With `dry_run`, every backend's `execute` (this one, those derived with
+    `flow_backend(**overrides)` and any the script builds itself) prints the plan and yields
+    nothing while the context is open; no cluster is started for it, as a DaskBackend connects only
+    when a plan runs.
     """
     global _CLI
     backend = create_backend(kind, **config)
-    backend.dry_run = dry_run
-    previous = _CLI
-    _CLI = {"kind": kind, "config": config, "backend": backend, "dry_run": dry_run}
+    previous, previous_dry_run = _CLI, Backend.dry_run
+    _CLI = {"kind": kind, "config": config, "backend": backend}
+    Backend.dry_run = previous_dry_run or dry_run
     try:
         yield backend
     finally:
-        _CLI = previous
+        _CLI, Backend.dry_run = previous, previous_dry_run
         backend.close()
 
 
@@ -153,9 +155,7 @@ def flow_backend(**overrides: Any) -> Backend:
         if not overrides:
             return cli["backend"]
         kind = overrides.pop("backend", cli["kind"])
-        backend = create_backend(kind, **{**cli["config"], **overrides})
-        backend.dry_run = cli["dry_run"]
-        return backend
+        return create_backend(kind, **{**cli["config"], **overrides})
     if not overrides:
         with _LOCK:
             if _DEFAULT is None:
