@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import cloudpickle
 
 from fray_dask.environment import job_packages
+from fray_dask.pickling import dumps
 from fray_dask.secrets import mask, secret_values
 from fray_dask.types import EnvironmentConfig, JobRequest, JobStatus
 from fray_dask.workdirs import workdir_prefix
@@ -97,7 +98,7 @@ def serialize_entrypoint(request: JobRequest) -> bytes | None:
     if ep.callable is None:
         return None
     try:
-        return cloudpickle.dumps((ep.callable, tuple(ep.args), dict(ep.function_args)))
+        return dumps((ep.callable, tuple(ep.args), dict(ep.function_args)))
     except Exception as e:
         raise ValueError(
             f"job {request.name!r}: the entrypoint {ep.description!r} or its arguments cannot be "

@@ -1,6 +1,6 @@
 """Run a callable or a command in a cached virtualenv that adds pip packages on top of the parent
 environment (replaces Ray's `runtime_env`). Imports only the standard library, cloudpickle and
-fray_dask.secrets/runner; never installs into, or changes, the parent environment."""
+fray_dask.secrets/pickling/runner; never installs into, or changes, the parent environment."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from typing import Any
 
 import cloudpickle
 
+from fray_dask.pickling import dumps
 from fray_dask.secrets import mask, masked_env, secret_values
 
 logger = logging.getLogger(__name__)
@@ -282,7 +283,7 @@ class IsolatedVirtualEnv:
         with tempfile.TemporaryDirectory(prefix="fray-venv-") as tmp:
             payload, result = os.path.join(tmp, "payload.pkl"), os.path.join(tmp, "result.pkl")
             with open(payload, "wb") as f:
-                cloudpickle.dump((fn, args, kwargs), f)
+                f.write(dumps((fn, args, kwargs)))
             cmd = [self.python, "-m", "fray_dask.runner", payload, result]
             try:
                 code = subprocess.run(cmd, env=self.environ(), timeout=timeout).returncode

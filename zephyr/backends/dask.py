@@ -18,10 +18,10 @@ from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from typing import Any
 
-import cloudpickle
 import distributed
 from distributed import Client
 
+from fray_dask.pickling import dumps
 from zephyr.backends.base import Backend, BackendConfig, ClusterLost, ClusterStalled, TaskLost
 from zephyr.backends.config import make_config
 from zephyr.backends.connection import Connection, connect
@@ -176,14 +176,14 @@ class DaskBackend(Backend):
     @staticmethod
     def _check_picklable(stage: Stage) -> bytes:
         try:
-            return cloudpickle.dumps(stage)
+            return dumps(stage)
         except Exception as e:
             culprit = "a function"
             for op in stage.ops:
                 inner = op.ops if isinstance(op, Nested) else (op,)
                 for o in inner:
                     try:
-                        cloudpickle.dumps(o)
+                        dumps(o)
                     except Exception:
                         culprit = o.detail
                         break
