@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.zephyr.test_io_gcs import _free_port, _stop, _wait_until_up
+from tests.gcs_emulator import running_emulator
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -122,19 +122,8 @@ def _post(url: str, data: bytes, content_type: str) -> None:
 def gcs_env(tmp_path_factory):
     """The environment variables that point gs:// at a fresh in-memory emulator holding the
     bucket `bucket` with four gzip JSON Lines files under raw/."""
-    port = _free_port()
-    endpoint = f"http://127.0.0.1:{port}"
     log_path = tmp_path_factory.mktemp("gcs-emulator") / "emulator.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gcp_storage_emulator", "start"]
-            + f"--host 127.0.0.1 --port {port} --in-memory".split(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        _wait_until_up(proc, endpoint, log_path)
+    with running_emulator(log_path) as endpoint:
         _post(
             f"{endpoint}/storage/v1/b?project=test",
             json.dumps({"name": "bucket"}).encode(),
@@ -151,8 +140,6 @@ def gcs_env(tmp_path_factory):
             # Else gcsfs probes, for each new bucket, a gRPC API the emulator does not serve.
             "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
         }
-    finally:
-        _stop(proc)
 
 
 # Variables a test run may carry that a fresh user's shell does not have.

@@ -5,7 +5,6 @@ deleted by another client, and that a failed shard publishes no object."""
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import functools
 import gc
@@ -14,18 +13,13 @@ import importlib
 import json
 import logging
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import distributed
 import fsspec
 import pytest
 
+from tests.gcs_emulator import running_emulator
 from tests.zephyr.probes import wait_until_idle
 from zephyr import Dataset, ZephyrError, load_jsonl
 from zephyr.backends.dask import DaskBackend
@@ -38,7 +32,6 @@ pytestmark = [
 
 BUCKET = "bucket"
 RAW = f"gs://{BUCKET}/raw"
-STARTUP_TIMEOUT = 20.0
 GZIP_MAGIC = b"\x1f\x8b"
 
 # Four input shards of different lengths; ids say which shard a record came from.
@@ -82,44 +75,6 @@ def fail_on_s2_1(doc: dict) -> dict:
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_until_up(proc: subprocess.Popen, url: str, log_path: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(
-                f"gcp-storage-emulator exited with code {proc.returncode} before serving {url}; "
-                f"its output:\n{log_path.read_text(errors='replace')}"
-            )
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        if time.monotonic() > deadline:
-            pytest.fail(
-                f"gcp-storage-emulator not answering at {url} after {STARTUP_TIMEOUT:g} s; "
-                f"its output:\n{log_path.read_text(errors='replace')}"
-            )
-        time.sleep(0.05)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop the emulator and anything it started (it runs in its own process group)."""
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def _objects(fs, prefix: str) -> list[str]:
     """Every object under `prefix` (a fresh listing: workers in other processes wrote them)."""
     fs.invalidate_cache()
@@ -157,10 +112,8 @@ def _delete_elsewhere(path: str) -> None:
 def gcs(tmp_path_factory):
     """A gcsfs filesystem on a fresh in-memory emulator holding an empty bucket `bucket`; the
     environment (inherited by worker processes started later) points gs:// at it."""
-    port = _free_port()
-    endpoint = f"http://127.0.0.1:{port}"
     log_path = tmp_path_factory.mktemp("gcs-emulator") / "emulator.log"
-    with pytest.MonkeyPatch.context() as mp:
+    with running_emulator(log_path) as endpoint, pytest.MonkeyPatch.context() as mp:
         mp.setenv("STORAGE_EMULATOR_HOST", endpoint)
         # gcsfs reads this when first imported: left on, every new bucket costs a 60 s probe of a
         # gRPC API the emulator does not serve.
@@ -179,23 +132,13 @@ def gcs(tmp_path_factory):
             registry = importlib.import_module("fsspec.registry")._registry
             for protocol in ("gs", "gcs"):
                 mp.setitem(registry, protocol, gcsfs.core.GCSFileSystem)
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "gcp_storage_emulator", "start"]
-                + f"--host 127.0.0.1 --port {port} --in-memory".split(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
         try:
-            _wait_until_up(proc, endpoint, log_path)
             gcsfs.core.GCSFileSystem.clear_instance_cache()
             fs = fsspec.filesystem("gs")
             fs.mkdir(BUCKET)
             yield fs
         finally:
             gcsfs.core.GCSFileSystem.clear_instance_cache()
-            _stop(proc)
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,8 @@ def train(steps):
 
 if __name__ == "__main__":
     cluster = current_cluster()
-    job = cluster.launch(JobRequest(name="train", entrypoint=Entrypoint.from_callable(train, args=[3])))
+    entrypoint = Entrypoint.from_callable(train, args=[3])
+    job = cluster.launch(JobRequest(name="train", entrypoint=entrypoint))
     cluster.result(job, timeout=60)
 """
 
