@@ -68,10 +68,8 @@ def main() -> None:
     )
     written = list(backend.execute(pipeline))
     kept = sum(1 for path in written for _ in load_jsonl(path))
+    # The dashboard link was logged as the cluster started (an embedded one stops with the script).
     print(f"wrote {len(written)} files ({kept} documents) to {args.output}")
-    link = getattr(backend, "dashboard_link", None)
-    if link:
-        print(f"Dask dashboard: {link}")
 
 
 if __name__ == "__main__":
