@@ -46,8 +46,8 @@ def install(dask_scheduler: Any = None) -> bool:
     """On the scheduler (via `run_on_scheduler`): add the Board, its handler and the page (once);
     add "Zephyr" to the dashboard's menu bar when the Bokeh dashboard runs. Returns whether the
     page is served (False when the scheduler has no HTTP server)."""
-    if "zephyr" in dask_scheduler.extensions:
-        return dask_scheduler.extensions["zephyr"].served
+    if "zephyr" in dask_scheduler.extensions:  # set up by an earlier driver
+        return getattr(dask_scheduler.extensions["zephyr"], "served", False)
     board = Board()
     dask_scheduler.extensions["zephyr"] = board
     dask_scheduler.handlers["zephyr_board"] = board.update
