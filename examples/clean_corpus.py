@@ -127,6 +127,7 @@ def main() -> None:
             if name.endswith(".jsonl.gz") and path not in keep:
                 os.remove(path)
     kept = sum(1 for path in written for _ in load_jsonl(path))
+    # The dashboard link was logged as the cluster started (an embedded one stops with the script).
     print(f"wrote {len(written)} files ({kept} documents) to {output}")
 
 

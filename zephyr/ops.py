@@ -1,7 +1,8 @@
 """Logical operations of a Dataset: frozen dataclasses, one per user-visible method.
 
 Pure data: no Dask, no I/O. `zephyr.plan` groups these into physical stages; `zephyr.kernels` runs
-them.
+them. Each op has a `label` (its kind: "map"), a `title` (with the user's function:
+"map(clean)") and a `detail` (with every argument).
 """
 
 from __future__ import annotations
@@ -11,12 +12,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-def callable_name(fn: Callable) -> str:
-    """A short readable name for a user function (`<lambda>` for lambdas)."""
+def _qualname(fn: Callable) -> str:
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
     if name is None and hasattr(fn, "func"):  # functools.partial
-        return callable_name(fn.func)
-    return (name or type(fn).__name__).replace(".<locals>.", ".")
+        return _qualname(fn.func)
+    return name or type(fn).__name__  # a callable object: its class
+
+
+def callable_name(fn: Callable) -> str:
+    """A readable name for a user function (`<lambda>` for lambdas, `outer.inner` for a function
+    defined inside another)."""
+    return _qualname(fn).replace(".<locals>.", ".")
+
+
+FN_NAME_LIMIT = 40  # characters of a function's name in an op title; longer names are cut
+
+
+def short_name(fn: Callable) -> str:
+    """The name titles use: without the functions it is defined in (`<lambda>`, `inner`), cut to
+    FN_NAME_LIMIT characters."""
+    name = _qualname(fn).rpartition(".<locals>.")[2]
+    return name if len(name) <= FN_NAME_LIMIT else name[: FN_NAME_LIMIT - 3] + "..."
 
 
 def reader_name(fn: Callable) -> str | None:
@@ -85,6 +101,10 @@ class MapOp(_RecordOp):
     def detail(self) -> str:
         return f"map({callable_name(self.fn)})"
 
+    @property
+    def title(self) -> str:
+        return f"map({short_name(self.fn)})"
+
 
 @dataclass(frozen=True)
 class FlatMapOp(_RecordOp):
@@ -102,6 +122,12 @@ class FlatMapOp(_RecordOp):
     @property
     def detail(self) -> str:
         return f"flat_map({callable_name(self.fn)})"
+
+    @property
+    def title(self) -> str:
+        # A reader is named by itself (load_jsonl), other functions by the op and their name.
+        reader = reader_name(self.fn)
+        return reader or f"flat_map({short_name(self.fn)})"
 
     @property
     def reader_skips(self) -> bool:
@@ -128,6 +154,10 @@ class FilterOp(_RecordOp):
     def detail(self) -> str:
         return f"filter({callable_name(self.pred)})"
 
+    @property
+    def title(self) -> str:
+        return f"filter({short_name(self.pred)})"
+
 
 @dataclass(frozen=True)
 class MapShardOp:
@@ -143,6 +173,10 @@ class MapShardOp:
     @property
     def detail(self) -> str:
         return f"map_shard({callable_name(self.fn)})"
+
+    @property
+    def title(self) -> str:
+        return f"map_shard({short_name(self.fn)})"
 
 
 @dataclass(frozen=True)
@@ -160,6 +194,10 @@ class WindowOp:
     def detail(self) -> str:
         return f"window({self.size})"
 
+    @property
+    def title(self) -> str:
+        return self.detail
+
 
 @dataclass(frozen=True)
 class TakePerShardOp:
@@ -175,6 +213,10 @@ class TakePerShardOp:
     @property
     def detail(self) -> str:
         return f"take_per_shard({self.n})"
+
+    @property
+    def title(self) -> str:
+        return self.detail
 
 
 @dataclass(frozen=True)
@@ -212,6 +254,10 @@ class WriteOp:
         pattern = self.pattern if isinstance(self.pattern, str) else callable_name(self.pattern)
         skip = ", skip_existing=True" if self.skip_existing else ""
         return f"write_{self.format}({pattern!r}{skip})"
+
+    @property
+    def title(self) -> str:
+        return self.label  # the pattern is in `detail`; a title stays short
 
 
 # Ops that transform a stream of records inside one shard and may share a task with their

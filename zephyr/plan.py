@@ -8,12 +8,35 @@ its parent.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from typing import Any
 
 from zephyr.io.paths import QuarantineTarget, check_output_compression, validate_pattern
 from zephyr.ops import RECORD_OPS, ReshardOp, SourceOp, WriteOp
+
+# A stage's title and task-group name hold at most about this many characters of op titles; a longer
+# chain keeps its first ops and its last and says how many it left out ("+27").
+TITLE_LIMIT = 120
+
+
+def _elide(parts: list[str], sep: str, limit: int = TITLE_LIMIT) -> str:
+    """`parts` joined by `sep` in at most about `limit` characters: the first parts that fit, then
+    '+N' for the N parts left out, then the last part."""
+    text = sep.join(parts)
+    if len(text) <= limit or len(parts) <= 2:
+        return text
+    budget = limit - len(parts[-1]) - 2 * len(sep) - len(f"+{len(parts)}")
+    head: list[str] = []
+    for part in parts[:-1]:
+        if len(sep.join([*head, part])) > budget:
+            break
+        head.append(part)
+    return sep.join([*head, f"+{len(parts) - 1 - len(head)}", parts[-1]])
+
+
+def _key_safe(text: str) -> str:
+    """`text` without the characters Dask's key parsing splits on ('-') and without whitespace."""
+    return "".join("_" if c == "-" or c.isspace() or not c.isprintable() else c for c in text)
 
 
 @dataclass(frozen=True)
@@ -26,6 +49,10 @@ class Nested:
     @property
     def label(self) -> str:
         return "nested[" + " -> ".join(op.label for op in self.ops) + "]"
+
+    @property
+    def title(self) -> str:
+        return "nested[" + _elide([op.title for op in self.ops], ",") + "]"
 
     @property
     def detail(self) -> str:
@@ -59,13 +86,35 @@ class Stage:
         return " -> ".join(labels) or "identity"
 
     @property
-    def key_name(self) -> str:
-        """The stage name as Dask key words (letters only) so the dashboard groups its tasks."""
-        labels = (["reshard"] if self.reshard_from is not None else []) + [
-            op.label for op in self.ops
+    def title(self) -> str:
+        """The stage as logs show it, with the user's function names:
+        'load_jsonl -> map(clean) -> filter(long_enough) -> write_jsonl' (`name` has the op kinds
+        only). A long chain is elided in the middle."""
+        parts = (["reshard"] if self.reshard_from is not None else []) + [
+            op.title for op in self.ops
         ]
-        words = [re.sub(r"[^A-Za-z]", "", label) for label in labels]
-        return "-".join(w for w in words if w) or "identity"
+        return _elide(parts, " -> ") or "identity"
+
+    def scope(self, run_id: str) -> str:
+        """Run and 1-based stage number, 'r2.s1': how logs and the dashboard point at a stage."""
+        return f"{run_id}.s{self.index + 1}"
+
+    def task_group(self, scope: str) -> str:
+        """The Dask task-group name of this stage's tasks: 'r2.s1.load_jsonl.map(clean).write_jsonl'
+        for a stage of run `scope` ('r2'); a nested stage (`run_nested`) names the parent stage's
+        scope ('r2.s1') and reads 'r2.s1.nested[map(fetch)]'.
+
+        Holds no '-' and no whitespace: Dask groups a key '<group>-<shard>-<token>' under exactly
+        its text before the first '-' (dask.utils.key_split keeps a first word that starts with a
+        letter whole, and stops at the shard number). At most about 150 characters.
+        """
+        parts = (["reshard"] if self.reshard_from is not None else []) + [
+            op.title for op in self.ops
+        ]
+        if self.label is not None:  # nested: named after its parent stage
+            body = "nested[" + _elide(parts, ",") + "]"
+            return _key_safe(f"{scope}.{body}" if scope else body)
+        return _key_safe(f"{self.scope(scope)}.{_elide(parts, '.') or 'identity'}")
 
     def __repr__(self) -> str:
         # The dataclass repr would list every input item (thousands of paths).

@@ -5,14 +5,17 @@ fast."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
 import threading
 import time
+import urllib.request
 
 import distributed
 import pytest
+from distributed.diagnostics.plugin import SchedulerPlugin
 
 from tests.zephyr.probes import ConcurrencyProbe, start_dask_worker
 from zephyr import Dataset, ZephyrError, flow_backend
@@ -97,7 +100,7 @@ def test_memory_annotation_reaches_scheduler_and_limits_concurrency(resource_clu
 
     [(key, restrictions)] = list(backend.execute(Dataset.from_list([0]).map(_restrictions)))
     assert restrictions == {"MEMORY": 1e9}
-    assert re.fullmatch(r"zephyr-map-0-[0-9a-f]{8}", key)
+    assert re.fullmatch(r"r\d+\.s1\.map\(_restrictions\)-0-[0-9a-f]{8}", key)
 
 
 def test_without_resources_the_same_worker_runs_tasks_concurrently(resource_cluster, tmp_path):
@@ -160,7 +163,7 @@ def test_driver_submits_only_a_window_of_tasks(dask_backend):
         return sum(
             1
             for k, ts in dask_scheduler.tasks.items()
-            if str(k).startswith("zephyr-") and ts.state in waiting
+            if re.match(r"r\d+\.s\d+\.", str(k)) and ts.state in waiting
         )
 
     def poll():
@@ -319,18 +322,144 @@ def test_unreachable_scheduler_fails_within_seconds():
         backend.execute(Dataset.from_list([1]))
 
 
-def test_keys_name_the_stage_and_shard(dask_backend):
-    ds = (
-        Dataset.from_list(range(3))
-        .filter(lambda x: True)
-        .map(lambda x: distributed.get_worker().get_current_task())
-    )
-    keys = list(dask_backend.execute(ds))
-    for shard, key in enumerate(keys):
-        assert re.fullmatch(rf"zephyr-filter-map-{shard}-[0-9a-f]{{8}}", key), key
-    from dask.utils import key_split
+# -- what the dashboard shows
+def _record_groups(dask_scheduler=None):
+    """On the scheduler: note the task-group and prefix names of every task that starts."""
 
-    assert {key_split(k) for k in keys} == {"zephyr-filter-map"}
+    class Recorder(SchedulerPlugin):
+        names: set = set()
+
+        def transition(self, key, start, finish, *args, **kwargs):
+            ts = dask_scheduler.tasks.get(key)
+            if finish == "processing" and ts is not None:
+                self.names.add((ts.group.name, ts.prefix.name))
+
+    dask_scheduler.add_plugin(Recorder(), name="test-groups")
+
+
+def _recorded_groups(dask_scheduler=None):
+    plugin = dask_scheduler.plugins["test-groups"]
+    dask_scheduler.remove_plugin(name="test-groups")
+    return sorted(plugin.names)
+
+
+@contextlib.contextmanager
+def scheduler_groups(client):
+    """The (task group, task prefix) names the scheduler gives the tasks started in the block."""
+    names: list = []
+    client.run_on_scheduler(_record_groups)
+    try:
+        yield names
+    finally:
+        names.extend(tuple(n) for n in client.run_on_scheduler(_recorded_groups))
+
+
+def _clean(x):
+    return x + 1
+
+
+def _long_enough(x):
+    return x % 2 == 0
+
+
+def test_task_groups_show_run_stage_and_functions_and_keep_runs_apart(dask_backend):
+    ds = Dataset.from_list(range(8)).map(_clean).reshard(2).filter(_long_enough)
+    with scheduler_groups(dask_backend.client) as names:
+        assert list(dask_backend.execute(ds)) == [2, 4, 6, 8]
+        assert list(dask_backend.execute(ds)) == [2, 4, 6, 8]
+    runs = sorted({group.split(".")[0] for group, _ in names})
+    assert len(runs) == 2 and all(re.fullmatch(r"r\d+", r) for r in runs), names
+    expected = {
+        f"{run}.{part}"
+        for run in runs
+        for part in ("s1.map(_clean)", "s2.reshard.filter(_long_enough)")
+    }
+    # The Groups page shows task groups; the Progress panel and the task stream show prefixes.
+    assert {group for group, _ in names} == expected
+    assert {prefix for _, prefix in names} == expected
+
+
+def test_a_nested_stages_tasks_are_named_after_their_parent_stage(dask_backend, tmp_path):
+    outer_probe = ConcurrencyProbe.create(tmp_path, "outer")
+    inner_probe = ConcurrencyProbe.create(tmp_path, "inner")
+    inner = DaskBackend(max_parallelism=2)
+    ds = _nested_pipeline(dask_backend, inner, outer_probe, inner_probe)
+    with scheduler_groups(dask_backend.client) as names:
+        assert len(list(dask_backend.execute(ds))) == 12
+    (run,) = {group.split(".")[0] for group, _ in names}
+    assert {group for group, _ in names} == {
+        f"{run}.s1.map_shard(open_shard).nested[map(process_file)].map_shard(close_shard)",
+        f"{run}.s1.nested[map(process_file)]",
+    }
+
+
+def _report(page: str, stage_group: str, ready, timeout: float = 20.0) -> dict:
+    """The newest run on the Zephyr page's JSON whose first stage is `stage_group` (any run id),
+    once `ready(run)` holds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with urllib.request.urlopen(f"{page}.json", timeout=5) as response:
+            runs = json.load(response)["runs"]
+        mine = [r for r in runs if r["stages"][0]["group"].endswith(stage_group)]
+        if mine and ready(mine[0]):
+            return mine[0]
+        assert time.monotonic() < deadline, f"no report for {stage_group} met the condition: {mine}"
+        time.sleep(0.05)
+
+
+def _page_shard(x):
+    time.sleep(0.02)
+    return x
+
+
+def test_the_zephyr_page_shows_a_whole_stage_while_few_tasks_are_submitted(dask_backend):
+    page = dask_backend.connection.page_link
+    assert page is not None and page.endswith("/zephyr")
+    results = dask_backend.execute(Dataset.from_list(range(60)).map(_page_shard))
+    assert next(results) == 0
+    running = _report(page, ".s1.map(_page_shard)", lambda r: r["stages"][0]["started"])
+    assert running["state"] == "running" and running["stages"][0]["total"] == 60
+    assert running["stages"][0]["done"] < 60 and running["stages"][0]["in_flight"] <= 4
+    assert list(results) == list(range(1, 60))
+    done = _report(page, ".s1.map(_page_shard)", lambda r: r["state"] == "done")
+    assert (done["stages"][0]["done"], done["stages"][0]["in_flight"]) == (60, 0)
+    with urllib.request.urlopen(page, timeout=5) as response:
+        html = response.read().decode()
+    assert f"{done['run']}.s1.map(_page_shard)" in html and "60 / 60" in html
+
+
+def test_a_failed_run_shows_as_failed_on_the_zephyr_page(dask_backend):
+    with pytest.raises(ZephyrError, match="raised ZeroDivisionError"):
+        list(dask_backend.execute(Dataset.from_list(range(6)).map(_page_divide)))
+    failed = _report(
+        dask_backend.connection.page_link,
+        ".s1.map(_page_divide)",
+        lambda r: r["state"] != "running",
+    )
+    assert failed["state"] == "failed" and failed["stages"][0]["done"] < 6
+
+
+def _page_divide(x):
+    return 1 / (x - 3)
+
+
+def test_an_address_cluster_logs_its_dashboard_and_page_when_connecting(bare_cluster, caplog):
+    logging.getLogger("zephyr").addHandler(caplog.handler)
+    try:
+        backend = DaskBackend(bare_cluster.scheduler.address)
+        assert backend.client.status == "running"  # connecting, before any work
+        lines = [r.getMessage() for r in caplog.records if "Dask dashboard" in r.getMessage()]
+        link = bare_cluster.dashboard_link
+        page = link.replace("/status", "/zephyr")
+        assert lines == [
+            f"Dask dashboard: {link} (stage progress: {page}; scheduler "
+            f"{bare_cluster.scheduler.address})"
+        ]
+        with urllib.request.urlopen(page, timeout=5) as response:
+            assert "zephyr" in response.read().decode().lower()
+    finally:
+        logging.getLogger("zephyr").removeHandler(caplog.handler)
+        backend.close()
 
 
 @pytest.mark.timeout(60)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -98,7 +99,7 @@ def _count_in_memory(dask_scheduler=None) -> int:
     return sum(
         1
         for key, ts in dask_scheduler.tasks.items()
-        if str(key).startswith("zephyr-") and ts.state == "memory"
+        if re.match(r"r\d+\.s\d+\.", str(key)) and ts.state == "memory"
     )
 
 

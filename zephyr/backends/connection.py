@@ -1,7 +1,7 @@
 """Connections to Dask clusters: the embedded LocalCluster (one per process) or a scheduler address.
 
 Imports distributed. Every wait here has a deadline: an unreachable scheduler raises ZephyrError
-naming the address within `timeout` seconds.
+naming the address within `timeout` seconds. A connection logs its dashboard link once, as it opens.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import dask
 import distributed
 from distributed import Client
 
+from zephyr.backends import dask_page
 from zephyr.errors import ZephyrError
 
 logger = logging.getLogger("zephyr")
@@ -28,6 +29,7 @@ _LOCK = threading.Lock()
 _EMBEDDED: Connection | None = None
 _BY_ADDRESS: dict[str, Connection] = {}
 DASHBOARD_PORT = 8787  # the embedded cluster's dashboard, when that port is free
+PAGE_TIMEOUT = 10.0  # seconds to set up the dashboard's Zephyr page on the scheduler
 
 
 def _detect_gpus() -> int:
@@ -49,6 +51,7 @@ class Connection:
         self.owns = owns
         self.note = ""  # said with the dashboard link (e.g. why it is not on the usual port)
         self._announced = False
+        self.page_link: str | None = None  # the dashboard's Zephyr page, once announced
 
     @property
     def dashboard_link(self) -> str | None:
@@ -57,16 +60,40 @@ class Connection:
         return None
 
     def announce(self) -> None:
-        """Log the dashboard URL once per connection."""
-        if not self._announced:
-            self._announced = True
-            note = f"; {self.note}" if self.note else ""
-            logger.info(
-                "Dask dashboard: %s (scheduler %s%s)",
-                self.dashboard_link,
-                self.client.scheduler.address,
-                note,
+        """Log the dashboard URL once per connection, with the Zephyr page (set up here) that
+        shows every stage's progress."""
+        if self._announced:
+            return
+        self._announced = True
+        link = self.dashboard_link
+        self.page_link = self._install_page(link)
+        page = f"stage progress: {self.page_link}; " if self.page_link else ""
+        note = f"; {self.note}" if self.note else ""
+        logger.info(
+            "Dask dashboard: %s (%sscheduler %s%s)", link, page, self.client.scheduler.address, note
+        )
+
+    def _install_page(self, link: str | None) -> str | None:
+        """Serve the Zephyr page from the scheduler; its URL, or None where it cannot be."""
+        if link is None:
+            return None
+        client = self.client
+        try:
+            served = client.sync(
+                client._run_on_scheduler, dask_page.install, callback_timeout=PAGE_TIMEOUT
             )
+        except Exception as e:  # a scheduler that cannot import zephyr, or a slow one
+            logger.info(
+                "the dashboard has no Zephyr stage page: the scheduler could not set it up "
+                "(%s: %s); install zephyr-dask beside the scheduler to get it",
+                type(e).__name__,
+                e,
+            )
+            return None
+        if not served:
+            return None
+        base = link[: -len("/status")] if link.endswith("/status") else link.rstrip("/")
+        return f"{base}/{dask_page.PATH}"
 
     def workers(self, timeout: float = 10.0, rule: str = "") -> list[dict]:
         """The workers' info dicts; waits up to `timeout` seconds for the first worker (the error

@@ -1,9 +1,10 @@
 """DaskBackend: each stage becomes Dask tasks submitted straight to the scheduler.
 
-The only zephyr module (with `zephyr.backends.connection`) that imports dask/distributed. Tasks are
-submitted with `client.submit` so `resources` reach the scheduler (dask.bag's graph optimisation
-drops annotations, dask/dask#7036). Keys read `zephyr-<stage>-<first shard>-<run token>` so the
-dashboard groups a stage.
+With the other zephyr.backends.dask_* modules and `connection`, the only zephyr code that imports
+dask/distributed. Tasks are submitted with `client.map` so `resources` reach the scheduler
+(dask.bag's graph optimisation drops annotations, dask/dask#7036). Keys read `<task group>-<first
+shard>-<run token>`, groups like `r2.s1.load_jsonl.map(clean)` (Stage.task_group): the dashboard
+shows each stage of each run apart.
 """
 
 from __future__ import annotations
@@ -21,15 +22,22 @@ from typing import Any
 import distributed
 from distributed import Client
 
-from fray_dask.pickling import dumps
 from zephyr.backends.base import Backend, BackendConfig, ClusterLost, ClusterStalled, TaskLost
 from zephyr.backends.config import make_config
 from zephyr.backends.connection import Connection, connect
-from zephyr.backends.dask_tasks import Opaque, dask_task, result_lengths, semaphore
+from zephyr.backends.dask_board import StageBoard
+from zephyr.backends.dask_tasks import (
+    Opaque,
+    dask_task,
+    parent_scope,
+    pickle_stage,
+    result_lengths,
+    semaphore,
+)
 from zephyr.backends.resources import unsatisfiable
 from zephyr.errors import ZephyrError
 from zephyr.kernels import TaskResult
-from zephyr.plan import Nested, Plan, Stage
+from zephyr.plan import Plan, Stage
 
 logger = logging.getLogger("zephyr")
 
@@ -59,13 +67,16 @@ def _cluster_view(keys: list, dask_scheduler: Any = None) -> dict:
 
 @dataclass
 class _Run:
-    """Per-execution state: the connection to submit through and each stage's payload."""
+    """Per-execution state: the connection to submit through and each stage's payload; `scope`
+    names its task groups (Stage.task_group): the run id, or a nested stage's parent stage."""
 
     conn: Connection
     token: str
     resources: dict | None
     payloads: dict
     threads: int
+    scope: str = ""
+    board: StageBoard | None = None  # reports to the dashboard's Zephyr page
     stalled_since: float | None = None  # when tasks were first seen that no worker can run
 
     @property
@@ -109,6 +120,7 @@ class DaskBackend(Backend):
         # Reconnect if another backend sharing this address closed the client.
         if self._conn is None or self._conn.client.status != "running":
             self._conn = connect(self.address, self.connect_timeout)
+            self._conn.announce()  # the dashboard link as soon as the cluster is up
         return self._conn
 
     @property
@@ -173,33 +185,27 @@ class DaskBackend(Backend):
             raise ZephyrError(problem)
         return wanted
 
-    @staticmethod
-    def _check_picklable(stage: Stage) -> bytes:
-        try:
-            return dumps(stage)
-        except Exception as e:
-            culprit = "a function"
-            for op in stage.ops:
-                inner = op.ops if isinstance(op, Nested) else (op,)
-                for o in inner:
-                    try:
-                        dumps(o)
-                    except Exception:
-                        culprit = o.detail
-                        break
-            raise ZephyrError(
-                f"stage '{stage.name}' cannot be sent to Dask workers: {culprit} cannot be pickled "
-                f"({type(e).__name__}: {e}); define it at module level and do not capture locks, "
-                "open files, clients or other process-local objects"
-            ) from e
-
     def _start_run(self, plan: Plan, run_id: str) -> _Run:
-        payloads = {id(s): self._check_picklable(s) for s in plan.stages}
+        payloads = {id(s): pickle_stage(s) for s in plan.stages}
         conn = self.connection
-        conn.announce()
-        return self._new_run(conn, payloads)
+        run = self._new_run(conn, payloads, run_id)
+        if conn.page_link:
+            run.board = StageBoard(conn.client, run_id, run.token, plan)
+        return run
 
-    def _new_run(self, conn: Connection, payloads: dict) -> _Run:
+    def _run_plan(self, plan: Plan, run: _Run, run_id: str) -> Iterator:
+        state = "stopped"  # the caller stopped reading the results
+        try:
+            yield from super()._run_plan(plan, run, run_id)
+            state = "done"
+        except Exception:
+            state = "failed"
+            raise
+        finally:
+            if run.board is not None:
+                run.board.end(state)
+
+    def _new_run(self, conn: Connection, payloads: dict, scope: str) -> _Run:
         # A cluster whose workers are still starting gets as long as the stall rule allows.
         rule = f"the rule: no_worker_timeout={self.no_worker_timeout:g} s"
         workers = conn.workers(timeout=self.no_worker_timeout, rule=rule)
@@ -208,23 +214,24 @@ class DaskBackend(Backend):
             with conn.client.as_current():
                 semaphore(self.semaphore_name, self.config.max_parallelism)
         threads = sum(w.get("nthreads", 1) for w in workers)
-        return _Run(conn, uuid.uuid4().hex[:8], resources, payloads, threads)
+        return _Run(conn, uuid.uuid4().hex[:8], resources, payloads, threads, scope)
 
     @contextlib.contextmanager
     def _nested_run(self, stage: Stage) -> Iterator[_Run]:
-        payload = self._check_picklable(stage)
+        payload = pickle_stage(stage)
         try:
             distributed.get_worker()
             inside_worker = True
         except ValueError:
             inside_worker = False
         if not inside_worker:
-            yield self._new_run(self.connection, {id(stage): payload})
+            yield self._new_run(self.connection, {id(stage): payload}, "")
             return
         # Inside a task: submit through the worker's client. worker_client secedes this task from
         # the thread pool while it waits, so nested pools cannot deadlock on one-thread workers.
+        scope = parent_scope()
         with distributed.worker_client(timeout=self.connect_timeout) as client:
-            yield self._new_run(Connection(client, None, owns=False), {id(stage): payload})
+            yield self._new_run(Connection(client, None, owns=False), {id(stage): payload}, scope)
 
     # -- the Backend hooks
     def _slots(self, run: _Run) -> int:
@@ -265,9 +272,10 @@ class DaskBackend(Backend):
     ) -> list:
         """Submit one task per batch of shards in a single message to the scheduler."""
         payload = self._payload(run, stage)
+        group = stage.task_group(run.scope)
         keys, args = [], []
         for shards in batches:
-            key = f"zephyr-{stage.key_name}-{shards[0][0]}-{run.token}"
+            key = f"{group}-{shards[0][0]}-{run.token}"
             keys.append(f"{key}-retry{attempt}" if attempt else key)
             args.append(Opaque(shards) if all(spec[0] == "item" for _, spec in shards) else shards)
         # A stage that fans out to a nested pool mostly waits for its inner tasks, which carry the
@@ -275,11 +283,14 @@ class DaskBackend(Backend):
         # no worker able to run the inner tasks.
         resources = None if stage.has_nested else run.resources
         n = len(batches)
-        return self._call(
+        futures = self._call(
             run, run.client.map, dask_task, [payload] * n, [f"{run.token}-{stage.index}"] * n,
             args, [flat] * n, [self.semaphore_name] * n, [self.config.max_parallelism or 0] * n,
             key=keys, resources=resources, pure=False,
         )  # fmt: skip
+        if run.board is not None:
+            run.board.submitted(stage, keys, [len(shards) for shards in batches])
+        return futures
 
     # -- waiting: every wait has a deadline, and the stall rule runs whenever one passes
     @property
@@ -379,6 +390,8 @@ class DaskBackend(Backend):
             for i, value in zip(fetch, fetched, strict=True):
                 kept = keep and isinstance(value, TaskResult)
                 values[i] = handles[i] if kept else value
+        if run.board is not None:
+            run.board.settled(handles, values)
         return values
 
     def _error_outcome(self, run: _Run, handle: Any) -> Any:
@@ -424,7 +437,8 @@ class DaskBackend(Backend):
                 client.cancel(handles, force=True)
 
     def _lengths(self, run: _Run, refs: list) -> list[tuple[int, int, dict | None]]:
-        futures = self._call(run, run.client.map, result_lengths, refs, pure=False)
+        keys = [f"{ref.key}-lengths" for ref in refs]  # in the stage's task group
+        futures = self._call(run, run.client.map, result_lengths, refs, key=keys, pure=False)
         lengths = self._gather(run, futures)
         lost = [x for x in lengths if not isinstance(x, tuple)]
         if lost:

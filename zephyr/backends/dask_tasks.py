@@ -1,4 +1,5 @@
-"""The worker side of DaskBackend: what one Dask task runs (a stage over a batch of shards).
+"""The worker side of DaskBackend: what one Dask task runs (a stage over a batch of shards), and the
+stage payload it loads (pickled on the driver by `pickle_stage`).
 
 Imports distributed (for the semaphore) but nothing of the driver. A task returns a TaskResult, or a
 UserCodeFailure when user code raised: failures travel as values, so Dask neither retries them nor
@@ -17,14 +18,38 @@ from typing import Any
 
 import cloudpickle
 import distributed
+from dask.utils import key_split
 
-from zephyr.errors import UserCodeFailure
+from fray_dask.pickling import dumps
+from zephyr.errors import UserCodeFailure, ZephyrError
 from zephyr.kernels import TaskResult, run_task
-from zephyr.plan import Stage
+from zephyr.plan import Nested, Stage
 
 _STAGE_CACHE: OrderedDict[str, Stage] = OrderedDict()
 _SEMAPHORES: dict[str, distributed.Semaphore] = {}
 _CACHE_LOCK = threading.Lock()
+
+
+def pickle_stage(stage: Stage) -> bytes:
+    """On the driver: the payload of `stage`'s tasks. Raises ZephyrError naming the op whose
+    function cannot be pickled."""
+    try:
+        return dumps(stage)
+    except Exception as e:
+        culprit = "a function"
+        for op in stage.ops:
+            inner = op.ops if isinstance(op, Nested) else (op,)
+            for o in inner:
+                try:
+                    dumps(o)
+                except Exception:
+                    culprit = o.detail
+                    break
+        raise ZephyrError(
+            f"stage '{stage.name}' cannot be sent to Dask workers: {culprit} cannot be pickled "
+            f"({type(e).__name__}: {e}); define it at module level and do not capture locks, "
+            "open files, clients or other process-local objects"
+        ) from e
 
 
 def load_stage(token: str, payload: bytes) -> Stage:
@@ -66,6 +91,16 @@ def _slot(sem_name: str | None, leases: int) -> Iterator[None]:
         yield
     finally:
         sem.release()
+
+
+def parent_scope() -> str:
+    """Inside a zephyr task: its run and stage ('r2.s1', read from its key), which names the task
+    group of a nested stage it runs; '' outside a task."""
+    with contextlib.suppress(Exception):
+        parts = key_split(distributed.get_worker().get_current_task()).split(".")
+        if len(parts) > 2 and parts[0][1:].isdigit() and parts[1][1:].isdigit():
+            return ".".join(parts[:2])
+    return ""
 
 
 class Opaque:
