@@ -13,22 +13,24 @@ import logging
 import math
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import cloudpickle
 import distributed
 from distributed import Client
 
+from zephyr.backends import dask_counts
 from zephyr.backends.base import Backend, BackendConfig, ClusterLost, ClusterStalled, TaskLost
 from zephyr.backends.config import make_config
 from zephyr.backends.connection import Connection, connect
 from zephyr.backends.dask_tasks import Opaque, dask_task, result_lengths, semaphore
 from zephyr.backends.resources import unsatisfiable
 from zephyr.errors import ZephyrError
-from zephyr.kernels import TaskResult
+from zephyr.kernels import KeptCounts, TaskResult
 from zephyr.plan import Nested, Plan, Stage
 
 logger = logging.getLogger("zephyr")
@@ -67,6 +69,7 @@ class _Run:
     payloads: dict
     threads: int
     stalled_since: float | None = None  # when tasks were first seen that no worker can run
+    counts: deque = field(default_factory=deque)  # live counts of kept results (dask_counts)
 
     @property
     def client(self) -> Client:
@@ -197,7 +200,9 @@ class DaskBackend(Backend):
         payloads = {id(s): self._check_picklable(s) for s in plan.stages}
         conn = self.connection
         conn.announce()
-        return self._new_run(conn, payloads)
+        run = self._new_run(conn, payloads)
+        run.counts = dask_counts.listen(run.client, run.token)
+        return run
 
     def _new_run(self, conn: Connection, payloads: dict) -> _Run:
         # A cluster whose workers are still starting gets as long as the stall rule allows.
@@ -423,7 +428,10 @@ class DaskBackend(Backend):
             if client.status == "running":
                 client.cancel(handles, force=True)
 
-    def _lengths(self, run: _Run, refs: list) -> list[tuple[int, int, dict | None]]:
+    def _kept_counts(self, run: _Run, stage: Stage) -> tuple[int, int]:
+        return dask_counts.drain(run.counts, stage.index)
+
+    def _lengths(self, run: _Run, refs: list) -> list[KeptCounts]:
         futures = self._call(run, run.client.map, result_lengths, refs, pure=False)
         lengths = self._gather(run, futures)
         lost = [x for x in lengths if not isinstance(x, tuple)]
