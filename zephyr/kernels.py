@@ -10,9 +10,10 @@ on_error="skip" leaves out go to the shard's quarantine (`zephyr.quarantine`) in
 from __future__ import annotations
 
 import itertools
+import operator
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from zephyr.errors import UserCodeFailure, ZephyrError, _WrappedUserError, short_repr
 from zephyr.io.atomic import existing_outputs, output_exists
@@ -227,39 +228,71 @@ def _write(
     state: dict,
     op: WriteOp,
     info: ShardInfo,
-    counter: list,
+    counts: Counts,
     quarantine: ShardQuarantine | None,
 ) -> Iterator:
     path = render_path(op.pattern, info.shard_idx, info.total_shards, info.input)
     if op.skip_existing and output_exists(path):
         # `it` is never iterated, so nothing upstream runs: the shard's input is not even opened.
-        counter[1] += 1
+        counts.skipped += 1
         if quarantine is not None:
             quarantine.keep_existing()
     else:
         if quarantine is not None:
             it = _then_commit(it, quarantine)
-        counter[0] += write_records(op.format, it, path, op.options)
+        counts.records_out += write_records(op.format, it, path, op.options)
     yield path
 
 
-def _counted(it: Iterable, counter: list) -> Iterator:
-    for rec in it:
-        counter[0] += 1
-        yield rec
+_first = operator.itemgetter(0)
+
+
+@dataclass
+class Counts:
+    """The records a task's shards read and wrote, and its shards skipped (output existed).
+
+    `records_in` counts what a stage read: the records its first reader op (load_jsonl, ...)
+    produced, or, in a stage without one, the records it started from (its source items, or its
+    share of a reshard). `records_out` counts the records it wrote, or else produced. Records are
+    counted as they pass, by C iterators (zip with itertools.count), not a Python frame per
+    record; `settle` adds up the open tallies once their iterators are consumed.
+    """
+
+    records_in: int = 0
+    records_out: int = 0
+    skipped: int = 0
+    _open: list = field(default_factory=list)  # (attribute, itertools.count) not yet added
+
+    def tally(self, it: Iterable, attribute: str) -> Iterator:
+        """`it` unchanged; the items it yields are added to `attribute` at `settle`."""
+        count = itertools.count()
+        self._open.append((attribute, count))
+        # zip pulls from `it` first, so `count` advances once per item passed on, never more.
+        return map(_first, zip(it, count, strict=False))
+
+    def settle(self) -> None:
+        for attribute, count in self._open:
+            setattr(self, attribute, getattr(self, attribute) + next(count))
+        self._open.clear()
+
+
+def _reads(op: Any) -> bool:
+    return isinstance(op, FlatMapOp) and reader_name(op.fn) is not None
 
 
 def run_ops(
     ops: tuple,
     records: Iterable,
     info: ShardInfo,
-    counter: list,
+    counts: Counts,
     quarantine: ShardQuarantine | None = None,
 ) -> Iterator:
-    """Chain `ops` over `records` lazily; `counter[0]` counts records written (else produced),
-    `counter[1]` shards skipped because their output existed. Ops that skip records report them
-    to `quarantine` (the shard's, present when the stage has such ops)."""
-    it: Iterator = iter(records)
+    """Chain `ops` over `records` lazily, counting into `counts` (see Counts: records read,
+    written or produced, shards skipped because their output existed; call `counts.settle()`
+    once the iterator is consumed). Ops that skip records report them to `quarantine` (the
+    shard's, present when the stage has such ops)."""
+    reader = next((i for i, op in enumerate(ops) if _reads(op)), None)
+    it: Iterator = iter(records) if reader is not None else counts.tally(records, "records_in")
     wrote = False
     errors = quarantine.ops if quarantine is not None else {}
     for i, op in enumerate(ops):
@@ -287,13 +320,15 @@ def run_ops(
         elif isinstance(op, TakePerShardOp):
             it = itertools.islice(it, op.n)
         elif isinstance(op, WriteOp):
-            it = _guarded(_write, op, info)(it, op, info, counter, quarantine)
+            it = _guarded(_write, op, info)(it, op, info, counts, quarantine)
             wrote = True
         elif isinstance(op, Nested):
             it = _guarded(_nested, op, info)(it, op, info)
         else:
             raise TypeError(f"no kernel for {op!r}")
-    return it if wrote else _counted(it, counter)
+        if i == reader:
+            it = counts.tally(it, "records_in")
+    return it if wrote else counts.tally(it, "records_out")
 
 
 def _nested(it: Iterator, state: dict, op: Nested, info: ShardInfo) -> Iterator:
@@ -305,14 +340,26 @@ def _nested(it: Iterator, state: dict, op: Nested, info: ShardInfo) -> Iterator:
 
 @dataclass
 class TaskResult:
-    """What one task returns: per-shard output lists (or one flat list), the record count, how
-    many shards were skipped because their output existed, and the skipped (quarantined) records
-    per op ({op index: [skipped, seen, sample]}, None when the stage skips nothing)."""
+    """What one task returns: per-shard output lists (or one flat list), the records it wrote or
+    produced (`records`) and read (`records_in`, see Counts), how many shards were skipped because
+    their output existed, and the skipped (quarantined) records per op ({op index: [skipped,
+    seen, sample]}, None when the stage skips nothing)."""
 
     outputs: list
     records: int
     skipped: int = 0
     errors: dict | None = None
+    records_in: int = 0
+
+
+class KeptCounts(NamedTuple):
+    """What the driver learns of a result kept on the cluster for the next stage (not its
+    records): how many outputs it holds, its records in and out, its skipped-record counts."""
+
+    outputs: int
+    records_in: int
+    records_out: int
+    errors: dict | None
 
 
 def shard_records(spec: Any) -> Iterable:
@@ -334,7 +381,7 @@ def run_task(
     a UserCodeFailure describing it; the caller raises it as a ZephyrError on the driver.
     """
     outputs: list = []
-    counter = [0, 0]
+    counts = Counts()
     errors: dict | None = {} if stage.quarantine is not None else None
     pos = current_position()
     for shard_idx, spec in shards:
@@ -346,7 +393,7 @@ def run_task(
             if stage.quarantine is not None:
                 path = stage.quarantine.path(shard_idx, stage.num_shards, source)
                 quarantine = ShardQuarantine(path, stage.name, shard_idx, source, stage.ops)
-            produced = run_ops(stage.ops, shard_records(spec), info, counter, quarantine)
+            produced = run_ops(stage.ops, shard_records(spec), info, counts, quarantine)
             if flat:
                 outputs.extend(produced)
             else:
@@ -362,7 +409,8 @@ def run_task(
             if quarantine is not None:
                 quarantine.abort(e)
             return UserCodeFailure.capture(f"{_where(info)}: {type(e).__name__}: {e}", e)
-    return TaskResult(outputs, counter[0], counter[1], errors)
+    counts.settle()
+    return TaskResult(outputs, counts.records_out, counts.skipped, errors, counts.records_in)
 
 
 def existing_stage_outputs(stage: Stage) -> list[str] | None:

@@ -89,7 +89,10 @@ class Stage:
     def title(self) -> str:
         """The stage as logs show it, with the user's function names:
         'load_jsonl -> map(clean) -> filter(long_enough) -> write_jsonl' (`name` has the op kinds
-        only). A long chain is elided in the middle."""
+        only). A long chain is elided in the middle; a given `label` is the title, as it is the
+        name."""
+        if self.label is not None:
+            return self.label
         parts = (["reshard"] if self.reshard_from is not None else []) + [
             op.title for op in self.ops
         ]

@@ -238,7 +238,8 @@ def test_skipped_shards_are_reported_in_the_stage_summary(tmp_path, caplog):
         list(ds.execute(SyncBackend()))
     finally:
         logger.removeHandler(caplog.handler)
-    assert "3/3 shards (2 skipped: output exists), 5 records" in caplog.text
+    assert "3/3 shards (2 skipped: output exists) in " in caplog.text
+    assert "records in 5 (" in caplog.text and "out 5\n" in caplog.text
 
 
 def fail_on_shard_2(doc):

@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -119,7 +120,9 @@ def test_three_broken_lines_among_10000_are_quarantined_with_line_numbers(
         assert e["stage"] == "load_jsonl -> write_jsonl"
     assert [e["shard"] for e in entries] == [0, 1, 3]
     assert (
-        "4/4 shards, 9997 records in" in caplog.text
+        "4/4 shards in " in caplog.text
+        and "records in 9,997 (" in caplog.text
+        and "out 9,997, 3 bad records" in caplog.text
         and f"3 bad records quarantined in {out}/_quarantine/" in caplog.text
     )
 
@@ -387,7 +390,9 @@ def test_a_stage_before_a_reshard_quarantines_beside_the_final_outputs(backend, 
         "stage0-00001.jsonl",
         "stage0-00003.jsonl",
     ]
-    assert "stage 0 'load_jsonl': 4/4 shards, 9997 records" in caplog.text
+    assert re.search(
+        r"s1/2\] 'load_jsonl': 4/4 shards in .* records in 9,997 .*, out 9,997", caplog.text
+    )
     assert "3 bad records quarantined" in caplog.text
 
     bounded = (

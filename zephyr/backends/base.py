@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from zephyr.errors import UserCodeFailure, ZephyrError
-from zephyr.kernels import existing_stage_outputs
+from zephyr.kernels import KeptCounts, TaskResult, existing_stage_outputs
 from zephyr.plan import Plan, Stage
 from zephyr.progress import StageProgress
 from zephyr.quarantine import StageErrors
@@ -62,6 +62,8 @@ class ClusterLost(Exception):
 
 
 _UNSET = object()
+# A result kept on the cluster is a reference: its counts come apart (`_kept_counts`).
+_UNCOUNTED = TaskResult([], 0)
 
 
 @dataclass
@@ -255,10 +257,16 @@ class Backend(abc.ABC):
     def _cancel(self, handles: list) -> None:  # noqa: B027 - in-process tasks cannot be cancelled
         """Stop tasks that are no longer wanted (after a failure)."""
 
-    def _lengths(self, run: Any, refs: list) -> list[tuple[int, int, dict | None]]:
-        """(number of output records, records counted, skipped-record counts or None) of each kept
-        intermediate result; the counts only where `_drive` saw references, not the results."""
-        return [(len(r.outputs), r.records, None) for r in refs]
+    def _lengths(self, run: Any, refs: list) -> list[KeptCounts]:
+        """The counts of each kept intermediate result (outputs, records in and out, and its
+        skipped-record counts only where `_drive` saw references, not the results)."""
+        return [KeptCounts(len(r.outputs), r.records_in, r.records, None) for r in refs]
+
+    def _kept_counts(self, run: Any, stage: Stage) -> tuple[int, int]:
+        """(records in, records out) of `stage`'s tasks whose results stay on the cluster (where
+        `_drive` sees references, not TaskResults), reported since the last call: the progress of
+        a stage before a reshard is live. Never blocks; (0, 0) where nothing is reported."""
+        return 0, 0
 
     def _count_kept_errors(self, stage: Stage, kept: list, progress: Any) -> None:
         """Enforce max_errors and count skipped records of a stage whose results stayed on the
@@ -269,22 +277,24 @@ class Backend(abc.ABC):
             return
         quarantined = sum(errors.add(e) for e in kept)
         if progress is not None:
-            progress.add_records(0, quarantined)
+            progress.add_records(0, 0, quarantined)
         errors.finish()
 
     # -- the driver loop
     def _run_plan(self, plan: Plan, run: Any, run_id: str) -> Iterator:
         progress = self.progress
         refs: list = []
-        lengths: list[tuple] = []  # (records, records counted, errors) of each kept result
+        lengths: list[KeptCounts] = []  # of each kept result of the previous stage
         last = plan.stages[-1]
         existing = existing_stage_outputs(last) if len(plan.stages) > 1 else None
         if existing is not None:
             # The last stage's shards come from a reshard, so which upstream work feeds a missing
             # output is known only by running it; but when none is missing, nothing need run.
             logger.info(
-                "stage %d '%s': all %d outputs exist (skip_existing); nothing to run",
-                last.index,
+                "[%s s%d/%d] '%s': all %d outputs exist (skip_existing); nothing to run",
+                run_id,
+                last.index + 1,
+                len(plan.stages),
                 last.name,
                 len(existing),
             )
@@ -295,7 +305,7 @@ class Backend(abc.ABC):
             if stage.reshard_from is None:
                 specs = [(i, ("item", item)) for i, item in enumerate(stage.inputs)]
             else:
-                slices = reshard_slices([n for n, _, _ in lengths], stage.num_shards)
+                slices = reshard_slices([c.outputs for c in lengths], stage.num_shards)
                 specs = [
                     (j, ("slices", [(refs[u], a, b) for u, a, b in sl]))
                     for j, sl in enumerate(slices)
@@ -308,7 +318,7 @@ class Backend(abc.ABC):
                 total=len(specs),
             )
             if progress is not None:
-                progress.start(stage, len(specs))
+                progress.start(stage, len(specs), run_id, len(plan.stages))
             try:
                 if final:
                     for result in self._drive(run, stage, tasks, keep=False, progress=progress):
@@ -320,9 +330,11 @@ class Backend(abc.ABC):
                         lengths = self._lengths(run, refs)
                     except (ClusterStalled, ClusterLost) as e:
                         raise ZephyrError(_cluster_failure(stage, e, len(specs), 0, True)) from None
-                    self._count_kept_errors(stage, [errs for _, _, errs in lengths], progress)
+                    self._count_kept_errors(stage, [c.errors for c in lengths], progress)
                     if progress is not None:
-                        progress.add_records(sum(counted for _, counted, _ in lengths))
+                        progress.set_records(
+                            sum(c.records_in for c in lengths), sum(c.records_out for c in lengths)
+                        )
             finally:
                 if progress is not None:
                     progress.finish()
@@ -371,11 +383,11 @@ class Backend(abc.ABC):
                     finished_shards += len(p.shards)
                     bad = errors.add(getattr(p.value, "errors", None)) if errors else 0
                     if progress is not None:
-                        if keep:
-                            progress.update(len(p.shards), 0, quarantined=bad)
-                        else:
-                            progress.update(len(p.shards), p.value.records, p.value.skipped, bad)
+                        v = p.value if isinstance(p.value, TaskResult) else _UNCOUNTED
+                        progress.update(len(p.shards), v.records_in, v.records, v.skipped, bad)
                     yield p.value
+                if progress is not None and keep:
+                    progress.add_records(*self._kept_counts(run, stage))
         except (ClusterStalled, ClusterLost) as e:
             unfinished = sum(len(p.shards) for p in pending if p.value is _UNSET)
             raise ZephyrError(

@@ -14,14 +14,16 @@ import logging
 import math
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import distributed
 from distributed import Client
 
+from zephyr.backends import dask_counts
 from zephyr.backends.base import Backend, BackendConfig, ClusterLost, ClusterStalled, TaskLost
 from zephyr.backends.config import make_config
 from zephyr.backends.connection import Connection, connect
@@ -36,7 +38,7 @@ from zephyr.backends.dask_tasks import (
 )
 from zephyr.backends.resources import unsatisfiable
 from zephyr.errors import ZephyrError
-from zephyr.kernels import TaskResult
+from zephyr.kernels import KeptCounts, TaskResult
 from zephyr.plan import Plan, Stage
 
 logger = logging.getLogger("zephyr")
@@ -78,6 +80,7 @@ class _Run:
     scope: str = ""
     board: StageBoard | None = None  # reports to the dashboard's Zephyr page
     stalled_since: float | None = None  # when tasks were first seen that no worker can run
+    counts: deque = field(default_factory=deque)  # live counts of kept results (dask_counts)
 
     @property
     def client(self) -> Client:
@@ -189,6 +192,7 @@ class DaskBackend(Backend):
         payloads = {id(s): pickle_stage(s) for s in plan.stages}
         conn = self.connection
         run = self._new_run(conn, payloads, run_id)
+        run.counts = dask_counts.listen(run.client, run.token)
         if conn.page_link:
             run.board = StageBoard(conn.client, run_id, run.token, plan)
         return run
@@ -436,7 +440,10 @@ class DaskBackend(Backend):
             if client.status == "running":
                 client.cancel(handles, force=True)
 
-    def _lengths(self, run: _Run, refs: list) -> list[tuple[int, int, dict | None]]:
+    def _kept_counts(self, run: _Run, stage: Stage) -> tuple[int, int]:
+        return dask_counts.drain(run.counts, stage.index)
+
+    def _lengths(self, run: _Run, refs: list) -> list[KeptCounts]:
         keys = [f"{ref.key}-lengths" for ref in refs]  # in the stage's task group
         futures = self._call(run, run.client.map, result_lengths, refs, key=keys, pure=False)
         lengths = self._gather(run, futures)

@@ -21,8 +21,9 @@ import distributed
 from dask.utils import key_split
 
 from fray_dask.pickling import dumps
+from zephyr.backends import dask_counts
 from zephyr.errors import UserCodeFailure, ZephyrError
-from zephyr.kernels import TaskResult, run_task
+from zephyr.kernels import KeptCounts, TaskResult, run_task
 from zephyr.plan import Nested, Stage
 
 _STAGE_CACHE: OrderedDict[str, Stage] = OrderedDict()
@@ -122,10 +123,12 @@ def dask_task(
         shards = shards.value
     stage = load_stage(token, payload)
     with _slot(sem, leases):
-        return run_task(stage, shards, flat)
+        result = run_task(stage, shards, flat)
+    if flat and isinstance(result, TaskResult):  # flat: kept for the next stage, not fetched
+        dask_counts.report(token, result.records_in, result.records)
+    return result
 
 
-def result_lengths(result: TaskResult) -> tuple[int, int, dict | None]:
-    """(number of output records, records counted, skipped-record counts) of a kept task
-    result."""
-    return len(result.outputs), result.records, result.errors
+def result_lengths(result: TaskResult) -> KeptCounts:
+    """The counts of a kept task result: its outputs, records in and out, skipped records."""
+    return KeptCounts(len(result.outputs), result.records_in, result.records, result.errors)
