@@ -98,9 +98,14 @@ class Stage:
         ]
         return _elide(parts, " -> ") or "identity"
 
+    @property
+    def number(self) -> int:
+        """The stage's 1-based number, as plans, logs, errors and the dashboard show it."""
+        return self.index + 1
+
     def scope(self, run_id: str) -> str:
-        """Run and 1-based stage number, 'r2.s1': how logs and the dashboard point at a stage."""
-        return f"{run_id}.s{self.index + 1}"
+        """Run and stage number, 'r2.s1': how logs and the dashboard point at a stage."""
+        return f"{run_id}.s{self.number}"
 
     def task_group(self, scope: str) -> str:
         """The Dask task-group name of this stage's tasks: 'r2.s1.load_jsonl.map(clean).write_jsonl'
@@ -150,7 +155,7 @@ class Plan:
                 else "source"
             )
             lines.append(
-                f"  stage {stage.index}: {stage.name}  [{stage.num_shards} shards, input: {src}]"
+                f"  stage {stage.number}: {stage.name}  [{stage.num_shards} shards, input: {src}]"
             )
             for op in stage.ops:
                 lines.append(f"      {op.detail}")
@@ -241,14 +246,14 @@ def _with_quarantine(stages: list[Stage]) -> list[Stage]:
         if late:
             raise ValueError(
                 f"{late[0].detail} has on_error='skip' but comes after "
-                f"{stage.ops[writer_at].detail} in stage {stage.index} '{stage.name}', so its "
+                f"{stage.ops[writer_at].detail} in stage {stage.number} '{stage.name}', so its "
                 "skipped records could not be committed with the shard's output; move it before "
                 "the writer"
             )
         folders = sorted({op.quarantine for op in skipping if op.quarantine is not None})
         if len(folders) > 1:
             raise ValueError(
-                f"stage {stage.index} '{stage.name}' is given several quarantine folders "
+                f"stage {stage.number} '{stage.name}' is given several quarantine folders "
                 f"{folders}; a stage's skipped records go to one folder: give the same one"
             )
         folder = folders[0].rstrip("/") if folders else None
@@ -257,12 +262,12 @@ def _with_quarantine(stages: list[Stage]) -> list[Stage]:
             folder = _downstream_folder(stages[k + 1 :])
             if folder is None:
                 raise ValueError(
-                    f"{skipping[0].detail} has on_error='skip' but stage {stage.index} "
+                    f"{skipping[0].detail} has on_error='skip' but stage {stage.number} "
                     f"'{stage.name}' writes no files and no later stage does, so its skipped "
                     "records have no place to go; pass quarantine='<folder>' (e.g. "
                     "quarantine='gs://bucket/quarantine') or end the pipeline in a writer"
                 )
-        out.append(replace(stage, quarantine=QuarantineTarget(folder, writer, stage.index)))
+        out.append(replace(stage, quarantine=QuarantineTarget(folder, writer, stage.number)))
     return out
 
 
@@ -272,6 +277,6 @@ def _downstream_folder(later: list[Stage]) -> str | None:
         for op in stage.ops:
             if isinstance(op, WriteOp):
                 first = stage.inputs[0] if stage.inputs else None
-                target = QuarantineTarget(None, op.pattern, stage.index)
+                target = QuarantineTarget(None, op.pattern, stage.number)
                 return target.describe(stage.num_shards, first).rstrip("/")
     return None

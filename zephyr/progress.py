@@ -211,7 +211,7 @@ class StageProgress:
         """Begin showing `stage` (its `index` counts from 0; shown 1-based: '[r2 s1/3]')."""
         with self._lock:
             self._stage = stage
-            number = f"s{stage.index + 1}/{num_stages}"
+            number = f"s{stage.number}/{num_stages}"
             self._label = f"[{run_id} {number}]" if run_id else f"[{number}]"
             self._total = total_shards
             self._done = self._in = self._out = self._skipped = self._quarantined = 0

@@ -97,7 +97,7 @@ def test_default_backend_is_dask_and_logs_the_dashboard(script):
 def test_dry_run_prints_the_plan_and_runs_nothing(script):
     out = zephyr("--dry-run", script)
     assert out.returncode == 0, out.stderr
-    assert "stage 0: map" in out.stdout and "stage 1: reshard" in out.stdout
+    assert "stage 1: map" in out.stdout and "stage 2: reshard" in out.stdout
     assert "results []" in out.stdout
 
 
@@ -161,7 +161,7 @@ def test_dry_run_covers_backends_derived_with_overrides(tmp_path):
     )
     out = zephyr("--dry-run", str(path))
     assert out.returncode == 0, out.stderr
-    assert "stage 0: map" in out.stdout and "results []" in out.stdout
+    assert "stage 1: map" in out.stdout and "results []" in out.stdout
     assert not marker.exists(), "a dry run executed a pipeline"
 
 
@@ -212,8 +212,8 @@ def test_dry_run_prints_every_plan_writes_nothing_and_starts_no_cluster(tmp_path
     )
     out = zephyr("--dry-run", path)  # the default backend: Dask on an embedded cluster
     assert out.returncode == 0, out.stderr
-    assert "stage 0: map -> write_jsonl" in out.stdout
-    assert "stage 0: filter" in out.stdout and "stage 1: reshard" in out.stdout
+    assert "stage 1: map -> write_jsonl" in out.stdout
+    assert "stage 1: filter" in out.stdout and "stage 2: reshard" in out.stdout
     assert "first []" in out.stdout and "second []" in out.stdout
     assert "child processes 0" in out.stdout  # no LocalCluster worker was started
     assert "Dask dashboard" not in out.stderr

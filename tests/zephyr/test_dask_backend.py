@@ -500,7 +500,7 @@ def test_tasks_no_remaining_worker_can_run_fail_instead_of_waiting_forever():
             big.kill()
             with pytest.raises(
                 ZephyrError,
-                match=r"stage 0 'map': 5 unfinished shard\(s\).*no worker has been able to run "
+                match=r"stage 1 'map': 5 unfinished shard\(s\).*no worker has been able to run "
                 r"them for \d+ s \(the rule: no_worker_timeout=1 s\): resource request MEMORY=1GB "
                 r"cannot be satisfied by any of the 1 Dask workers",
             ):

@@ -117,7 +117,7 @@ def test_all_workers_killed_and_none_back_fails_within_the_timeout(shape):
         if shape == "finished-not-fetched":
             wait_for(lambda: b.client.run_on_scheduler(_count_in_memory), "a finished result")
         cluster.kill_workers()
-        stage = "stage 1 'reshard -> map'" if shape == "after-reshard" else "stage 0 'map'"
+        stage = "stage 2 'reshard -> map'" if shape == "after-reshard" else "stage 1 'map'"
         with pytest.raises(
             ZephyrError,
             match=rf"{stage}: \d+ unfinished shard\(s\) .*cannot run: no worker has been able to "
@@ -172,7 +172,7 @@ def test_scheduler_killed_mid_run_fails_naming_it_and_skip_existing_resumes(tmp_
         cluster.scheduler.kill()
         with pytest.raises(
             ZephyrError,
-            match=rf"stage 0 'map -> write_jsonl': lost the connection to the Dask scheduler at "
+            match=rf"stage 1 'map -> write_jsonl': lost the connection to the Dask scheduler at "
             rf"{cluster.address}.*; \d+/40 shards had finished and \d+ had not .*Outputs already "
             r"committed are complete files.*run again with skip_existing=True",
         ):

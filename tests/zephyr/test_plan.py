@@ -250,8 +250,8 @@ def test_describe_lists_stages_and_op_details():
     lines = text.splitlines()
     assert lines[0].startswith("Plan: 2 stage(s) from from_list")
     assert "(4 shards)" in lines[0]
-    assert "stage 0: load_jsonl -> map -> filter  [4 shards, input: source]" in text
-    assert "stage 1: reshard -> window -> take_per_shard -> write_jsonl  [2 shards, " in text
+    assert "stage 1: load_jsonl -> map -> filter  [4 shards, input: source]" in text
+    assert "stage 2: reshard -> window -> take_per_shard -> write_jsonl  [2 shards, " in text
     assert "input: reshard of 4 shards]" in text
     for detail in (
         "flat_map(load_jsonl)",
@@ -263,8 +263,8 @@ def test_describe_lists_stages_and_op_details():
     ):
         assert detail in text
     # stage headers come before their op details, in stage order
-    assert text.index("stage 0:") < text.index("map(double)") < text.index("stage 1:")
-    assert text.index("stage 1:") < text.index("window(16)")
+    assert text.index("stage 1:") < text.index("map(double)") < text.index("stage 2:")
+    assert text.index("stage 2:") < text.index("window(16)")
 
 
 def test_describe_shows_a_nested_backend():
@@ -285,8 +285,8 @@ def test_dataset_plan_prints_the_description_and_returns_the_plan(capsys):
     out = capsys.readouterr().out
     assert isinstance(plan, Plan)
     assert out.strip() == plan.describe().strip()
-    assert "stage 0: map" in out
-    assert "stage 1: reshard -> write_jsonl" in out
+    assert "stage 1: map" in out
+    assert "stage 2: reshard -> write_jsonl" in out
 
 
 def test_planning_is_repeatable_and_does_not_change_the_dataset():
@@ -429,10 +429,10 @@ def test_a_skipping_stage_quarantines_beside_its_own_writer_named_after_each_out
 def test_a_stage_without_a_writer_uses_the_next_writers_folder_or_the_one_given():
     ds = files_dataset().filter(keep_even, on_error="skip").reshard(2).map(double)
     first, second = ds.write_jsonl("out/{shard:03d}.jsonl").compute_plan().stages
-    assert first.quarantine.path(1, 4, FILES[1]) == "out/_quarantine/stage0-00001.jsonl"
+    assert first.quarantine.path(1, 4, FILES[1]) == "out/_quarantine/stage1-00001.jsonl"
     assert second.quarantine is None  # it skips nothing
     given = files_dataset().map(double, on_error="skip", quarantine="mem/q").compute_plan()
-    assert given.stages[0].quarantine.path(0, 4, FILES[0]) == "mem/q/stage0-00000.jsonl"
+    assert given.stages[0].quarantine.path(0, 4, FILES[0]) == "mem/q/stage1-00000.jsonl"
     # a reader told to skip bad lines counts as skipping
     reader = Dataset.from_list(FILES).load_jsonl(on_error="skip").write_jsonl("o/{shard}.jsonl")
     assert reader.compute_plan().stages[0].quarantine is not None
@@ -445,7 +445,7 @@ def test_skipping_without_a_writer_needs_a_folder_named_before_anything_runs(tmp
     ds = Dataset.from_list([1, 2, 3]).map(double, on_error="skip")
     with pytest.raises(
         ValueError,
-        match=r"map\(double\) has on_error='skip' but stage 0 'map' "
+        match=r"map\(double\) has on_error='skip' but stage 1 'map' "
         r"writes no files and no later stage does.*pass quarantine='<folder>'",
     ):
         ds.compute_plan()

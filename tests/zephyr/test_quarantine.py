@@ -184,7 +184,7 @@ def test_filter_and_flat_map_skip_a_failing_record_whole(backend, tmp_path):
         two_then_fail_on_3, on_error="skip", quarantine=q2
     )
     assert list(ds.execute(backend)) == [1, 100, 2, 200, 4, 400]
-    assert sorted(os.listdir(q2)) == ["stage0-00002.jsonl"]
+    assert sorted(os.listdir(q2)) == ["stage1-00002.jsonl"]
     (entry,) = quarantined(Path(q2))
     assert entry["record"] == 3 and entry["error"] == "after two outputs"
 
@@ -386,9 +386,9 @@ def test_a_stage_before_a_reshard_quarantines_beside_the_final_outputs(backend, 
     with zephyr_log(caplog), caplog.at_level(logging.INFO, logger="zephyr"):
         list(ds.execute(backend))
     assert sorted(os.listdir(out / "_quarantine")) == [
-        "stage0-00000.jsonl",
-        "stage0-00001.jsonl",
-        "stage0-00003.jsonl",
+        "stage1-00000.jsonl",
+        "stage1-00001.jsonl",
+        "stage1-00003.jsonl",
     ]
     assert re.search(
         r"s1/2\] 'load_jsonl': 4/4 shards in .* records in 9,997 .*, out 9,997", caplog.text

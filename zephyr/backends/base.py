@@ -430,7 +430,7 @@ def _cluster_failure(
     total = stage.num_shards if stage.num_shards >= 0 else None
     left = total - finished if total is not None else unfinished
     queued = "" if all_submitted or total is None else f", {left - unfinished} not yet submitted"
-    where = f"stage {stage.index} '{stage.name}'"
+    where = f"stage {stage.number} '{stage.name}'"
     done = f"{finished}/{total}" if total is not None else f"{finished}"
     if isinstance(error, ClusterLost):
         return (

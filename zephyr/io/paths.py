@@ -159,16 +159,16 @@ class QuarantineTarget:
     `writer` is the pattern of the stage's own writer: each shard's file is named after its
     output (`out/00003.jsonl.gz` -> `<folder>/00003.jsonl`), in `folder` or, when None, in a
     `_quarantine/` folder beside that output. Without a writer the files are
-    `<folder>/stage<index>-<shard:05d>.jsonl`.
+    `<folder>/stage<number>-<shard:05d>.jsonl` (stages numbered from 1, as logs show them).
     """
 
     folder: str | None
     writer: str | Callable | None
-    stage_index: int
+    stage_number: int
 
     def path(self, shard: int, total: int, input_item: object = None) -> str:
         if self.writer is None:
-            return posixpath.join(str(self.folder), f"stage{self.stage_index}-{shard:05d}.jsonl")
+            return posixpath.join(str(self.folder), f"stage{self.stage_number}-{shard:05d}.jsonl")
         parent, name = posixpath.split(render_path(self.writer, shard, total, input_item))
         folder = self.folder if self.folder is not None else posixpath.join(parent, QUARANTINE_DIR)
         return posixpath.join(folder, f"{input_basename(name) or name}.jsonl")
