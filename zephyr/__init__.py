@@ -57,7 +57,9 @@ __all__ = [
 # logging.
 _logger = _logging.getLogger("zephyr")
 if not _logger.handlers:
-    _handler = _logging.StreamHandler()
+    from zephyr.progress import BarAwareHandler as _BarAwareHandler
+
+    _handler = _BarAwareHandler()
     _handler.setFormatter(_logging.Formatter("%(asctime)s zephyr %(levelname)s %(message)s"))
     _logger.addHandler(_handler)
     _logger.setLevel(_logging.INFO)

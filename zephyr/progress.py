@@ -23,6 +23,20 @@ _TICK = 0.5  # the ticker thread wakes this often, so elapsed time and ETA move 
 _MIN_NAME = 10  # a stage name shortened below this many characters is left out
 _BAR_CELLS = (6, 30)  # the bar graphic's cells: fewer than 6 fit and it is left out
 _CLEAR_TO_END = "\x1b[K"
+# The stream a progress line is drawn on right now, if any: BarAwareHandler clears that line before
+# a log record is written there, so the record starts a line of its own.
+_BAR_ON: list[TextIO] = []
+
+
+class BarAwareHandler(logging.StreamHandler):
+    """The zephyr logger's handler: a record logged while a stage draws its progress line on the
+    same stream first clears that line (the bar is drawn again at its next redraw), instead of
+    being appended to it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if _BAR_ON and _BAR_ON[0] is self.stream:
+            self.stream.write("\r" + _CLEAR_TO_END)
+        super().emit(record)
 
 
 def _terminal_columns() -> int:
@@ -272,6 +286,7 @@ class StageProgress:
             if self.live:
                 self.stream.write("\n")
                 self.stream.flush()
+                _BAR_ON.clear()
             line = log_line(self._snapshot(), running=False)
             target = getattr(self._stage, "quarantine", None)
             if target is not None:
@@ -314,6 +329,7 @@ class StageProgress:
         line = bar_line(self._snapshot(), self._columns())
         self.stream.write("\r" + line + _CLEAR_TO_END)
         self.stream.flush()
+        _BAR_ON[:] = [self.stream]
 
     def _tick_loop(self) -> None:
         while not self._stop.wait(_TICK):

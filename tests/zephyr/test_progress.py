@@ -251,3 +251,27 @@ def test_stage_log_line_counts_one_bad_record_in_the_singular(caplog, tmp_path):
     with zephyr_log(caplog):
         assert list(SyncBackend().execute(ds)) == [0]
     assert f", 1 bad record quarantined in {tmp_path}/" in caplog.text
+
+
+def test_a_log_record_during_a_stage_starts_its_own_line_instead_of_joining_the_bar():
+    """Another zephyr message (a retry warning) logged while the bar is drawn on the same terminal
+    clears the bar's line first, through the handler `import zephyr` installs."""
+    from zephyr.progress import BarAwareHandler
+
+    term = Terminal()
+    handler = BarAwareHandler(term)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("zephyr")
+    assert any(isinstance(h, BarAwareHandler) for h in logger.handlers)  # the default one
+    logger.addHandler(handler)
+    try:
+        progress = StageProgress(clock=Clock(), columns=lambda: 80, stream=term, ticker=False)
+        progress.start(_stage("map"), 10, "r1", 1)
+        progress.update(3, 30, 30)
+        logger.warning("task lost with its worker; retrying")
+        progress.finish()
+    finally:
+        logger.removeHandler(handler)
+    rows = [row.split("\r")[-1].replace("\x1b[K", "") for row in term.getvalue().split("\n")]
+    assert "task lost with its worker; retrying" in rows  # a row of its own, nothing before it
+    assert not any("shards" in row and "retrying" in row for row in rows)
