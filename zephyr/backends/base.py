@@ -11,13 +11,12 @@ import abc
 import contextlib
 import itertools
 import logging
-import math
-import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from zephyr.backends.packer import Packer
 from zephyr.errors import UserCodeFailure, ZephyrError
 from zephyr.kernels import KeptCounts, TaskResult, existing_stage_outputs
 from zephyr.plan import Plan, Stage
@@ -25,10 +24,6 @@ from zephyr.progress import StageProgress
 from zephyr.quarantine import StageErrors
 
 logger = logging.getLogger("zephyr")
-
-# Packed tasks aim at about this much work each: large against Dask's few milliseconds per task,
-# small against a stage's length.
-TARGET_TASK_SECONDS = 0.25
 
 # Each `execute` in this process gets the next run id ("r1", "r2", ...): logs, progress and Dask
 # task names carry it, so two runs of one script stay apart.
@@ -94,56 +89,6 @@ def reshard_slices(lengths: list[int], num_shards: int) -> list[list[tuple[int, 
                 slices.append((u, start - offsets[u], stop - offsets[u]))
         out.append(slices)
     return out
-
-
-class Packer:
-    """Draws the batches of shard specs that become tasks, sized to the shards' cost.
-
-    The first tasks of a stage run `first` shards each. As tasks finish, the stage's rate (shards
-    finished per second since its first task) says what one shard costs, and later tasks are sized
-    to about TARGET_TASK_SECONDS of work per slot: tiny shards share a task (per-task overhead is
-    paid per batch, not per record), slow shards run alone. A task never takes more than `limit`
-    shards, or so many that fewer than two tasks per slot would remain (the stage's tail stays
-    balanced). Growth is at most 8x per step, as a rate measured on small batches is dominated by
-    overhead.
-    """
-
-    def __init__(
-        self,
-        specs: Iterable,
-        first: int,
-        limit: int = 1,
-        slots: int = 1,
-        total: int | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ):
-        self._clock = clock
-        self._specs = iter(specs)
-        self._size = max(1, first)
-        self._limit = max(self._size, limit)
-        self._slots = max(1, slots)
-        self._left = total
-        self._finished = 0
-        self._t0: float | None = None
-
-    def take(self) -> list | None:
-        """The next batch of specs, or None when all are taken."""
-        if self._t0 is None:
-            self._t0 = self._clock()
-        batch = list(itertools.islice(self._specs, self._size))
-        if self._left is not None:
-            self._left -= len(batch)
-        return batch or None
-
-    def observe(self, finished: int) -> None:
-        """Record that `finished` more shards have finished; resize the next batches."""
-        self._finished += finished
-        if self._limit <= 1 or self._left is None or self._t0 is None or not finished:
-            return
-        elapsed = max(self._clock() - self._t0, 1e-6)
-        ideal = int(TARGET_TASK_SECONDS * self._finished / elapsed / self._slots)
-        balanced = math.ceil(self._left / (2 * self._slots))
-        self._size = max(1, min(ideal, 8 * self._size, balanced, self._limit))
 
 
 class Backend(abc.ABC):
@@ -410,7 +355,8 @@ class Backend(abc.ABC):
                     "--retries"
                 ) from None
             logger.warning(
-                "stage '%s': task lost (%s); retrying (attempt %d)",
+                "stage %d '%s': task lost (%s); retrying (attempt %d)",
+                stage.number,
                 stage.name,
                 outcome,
                 p.attempt + 2,

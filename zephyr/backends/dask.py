@@ -30,6 +30,7 @@ from zephyr.backends.connection import Connection, connect
 from zephyr.backends.dask_board import StageBoard
 from zephyr.backends.dask_tasks import (
     Opaque,
+    cluster_view,
     dask_task,
     parent_scope,
     pickle_stage,
@@ -45,7 +46,7 @@ logger = logging.getLogger("zephyr")
 
 # Shards per task: at most FIRST_PACK in a stage's first tasks, packed only beyond TASKS_PER_SLOT
 # tasks per execution slot; later tasks are sized by the shards' measured cost, up to MAX_PACK
-# (zephyr.backends.base.Packer).
+# (zephyr.backends.packer.Packer).
 FIRST_PACK = 64
 TASKS_PER_SLOT = 32
 MAX_PACK = 4096
@@ -54,19 +55,6 @@ INLINE_PAYLOAD_BYTES = 64 * 1024
 
 
 # -- driver side
-def _cluster_view(keys: list, dask_scheduler: Any = None) -> dict:
-    """On the scheduler: how many workers it has, and the states of `keys` and of their unfinished
-    dependencies (a reshard's tasks wait on upstream results that may need recomputing)."""
-    states = []
-    for key in keys:
-        ts = dask_scheduler.tasks.get(key)
-        if ts is None:
-            continue
-        states.append(ts.state)
-        states.extend(dep.state for dep in ts.dependencies if dep.state != "memory")
-    return {"workers": len(dask_scheduler.workers), "states": states}
-
-
 @dataclass
 class _Run:
     """Per-execution state: the connection to submit through and each stage's payload; `scope`
@@ -343,7 +331,7 @@ class DaskBackend(Backend):
     def _check_stalled(self, run: _Run, handles: list) -> None:
         """Raise ClusterStalled once the tasks have waited `no_worker_timeout` s with no worker
         able to run them (no workers at all, or none with their resources)."""
-        view = self._call(run, run.client.run_on_scheduler, _cluster_view, [h.key for h in handles])
+        view = self._call(run, run.client.run_on_scheduler, cluster_view, [h.key for h in handles])
         reason = None
         if view["workers"] == 0:
             reason = (

@@ -1,5 +1,6 @@
-"""The worker side of DaskBackend: what one Dask task runs (a stage over a batch of shards), and the
-stage payload it loads (pickled on the driver by `pickle_stage`).
+"""The cluster side of DaskBackend: what one Dask task runs (a stage over a batch of shards), the
+stage payload it loads (pickled on the driver by `pickle_stage`), and the scheduler's view the
+driver's stall rule reads (`cluster_view`).
 
 Imports distributed (for the semaphore) but nothing of the driver. A task returns a TaskResult, or a
 UserCodeFailure when user code raised: failures travel as values, so Dask neither retries them nor
@@ -132,3 +133,16 @@ def dask_task(
 def result_lengths(result: TaskResult) -> KeptCounts:
     """The counts of a kept task result: its outputs, records in and out, skipped records."""
     return KeptCounts(len(result.outputs), result.records_in, result.records, result.errors)
+
+
+def cluster_view(keys: list, dask_scheduler: Any = None) -> dict:
+    """On the scheduler: how many workers it has, and the states of `keys` and of their unfinished
+    dependencies (a reshard's tasks wait on upstream results that may need recomputing)."""
+    states = []
+    for key in keys:
+        ts = dask_scheduler.tasks.get(key)
+        if ts is None:
+            continue
+        states.append(ts.state)
+        states.extend(dep.state for dep in ts.dependencies if dep.state != "memory")
+    return {"workers": len(dask_scheduler.workers), "states": states}

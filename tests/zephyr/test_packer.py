@@ -3,7 +3,7 @@ known."""
 
 from __future__ import annotations
 
-from zephyr.backends.base import Packer
+from zephyr.backends.packer import Packer
 
 
 class FakeClock:
