@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run",
         action="store_true",
         help="every pipeline the script executes prints its plan and yields nothing, and no "
-        "cluster is started for it; the script's own code outside pipelines still runs",
+        "cluster is started for it; the script's own code outside pipelines still runs (where it "
+        "asks for a Dask cluster, it fails: skip it when flow_backend().dry_run is True)",
     )
     p.add_argument(
         "--entry-point",

@@ -292,3 +292,31 @@ def test_package_docstring_example_runs(tmp_path):
     with gzip.open(tmp_path / "clean" / "00000.jsonl.gz", "rt") as f:
         docs = [json.loads(line) for line in f]
     assert len(docs) == 1 and docs[0]["text"].startswith("a long document")
+
+
+@pytest.mark.parametrize(
+    "asks, what",
+    [
+        ("flow_backend().client", "the embedded Dask cluster"),
+        ("DaskBackend('tcp://127.0.0.1:1').client", "the Dask cluster 'tcp://127.0.0.1:1'"),
+        ("DaskCluster()", "the embedded Dask cluster"),
+    ],
+    ids=["embedded", "address", "fray-job-cluster"],
+)
+def test_dry_run_refuses_code_outside_pipelines_that_asks_for_a_cluster(tmp_path, asks, what):
+    path = write(
+        tmp_path,
+        "asks.py",
+        f"""
+        from fray_dask import DaskCluster
+        from zephyr import DaskBackend, flow_backend
+        if __name__ == "__main__":
+            print("skipped in a dry run:", flow_backend().dry_run)
+            {asks}
+        """,
+    )
+    out = zephyr("--dry-run", path)
+    assert out.returncode == 1, out.stderr
+    assert "skipped in a dry run: True" in out.stdout
+    assert f"zephyr --dry-run starts no cluster, but the script asked for {what}" in out.stderr
+    assert "skip that code when flow_backend().dry_run is True" in out.stderr

@@ -165,13 +165,29 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def _refuse_in_dry_run(what: str) -> None:
+    """`zephyr --dry-run` starts and joins no cluster: code outside a pipeline that asks for one
+    (a backend's `client`, a fray job on the embedded cluster) fails, naming the rule and the
+    fix."""
+    from zephyr.backends.base import Backend
+
+    if Backend.dry_run:
+        raise ZephyrError(
+            f"zephyr --dry-run starts no cluster, but the script asked for {what} outside a "
+            "pipeline (DaskBackend.client or .dashboard_link, or a fray_dask job or actor); run "
+            "without --dry-run, or skip that code when flow_backend().dry_run is True"
+        )
+
+
 def embedded() -> Connection:
     """The process-wide embedded LocalCluster, started on first use and stopped at exit.
 
     One single-threaded worker process per core on 127.0.0.1, memory split evenly, each advertising
-    CPU=1, MEMORY=<its memory limit>, GPU=<visible GPUs> and NON_PREEMPTIBLE=1.
+    CPU=1, MEMORY=<its memory limit>, GPU=<visible GPUs> and NON_PREEMPTIBLE=1. Refused
+    (ZephyrError) during `zephyr --dry-run`.
     """
     global _EMBEDDED
+    _refuse_in_dry_run("the embedded Dask cluster")
     with _LOCK:
         if _EMBEDDED is not None and _EMBEDDED.client.status == "running":
             return _EMBEDDED
@@ -225,11 +241,13 @@ def connect(address: str | Client | None, timeout: float) -> Connection:
     """A connection for `address`: None -> embedded cluster, a Client -> itself, a
     `kube?name=...` spec -> a Dask cluster on Kubernetes (zephyr.backends.kube: started or joined,
     within the spec's own timeout), another string -> a shared client per address. Raises
-    ZephyrError if the scheduler cannot be reached within `timeout` s."""
+    ZephyrError if the scheduler cannot be reached within `timeout` s, or during `zephyr --dry-run`
+    for anything but a Client given."""
     if address is None:
         return embedded()
     if isinstance(address, Client):
         return Connection(address, None, owns=False)
+    _refuse_in_dry_run(f"the Dask cluster {address!r}")
     if address.strip().startswith("kube?") or address.strip() == "kube":
         from zephyr.backends import kube
 
