@@ -17,7 +17,6 @@ from typing import Any, NamedTuple
 
 from zephyr.errors import UserCodeFailure, ZephyrError, _WrappedUserError, short_repr
 from zephyr.io.atomic import existing_outputs, output_exists
-from zephyr.io.paths import render_path
 from zephyr.io.provenance import current_position
 from zephyr.io.writers import write_records
 from zephyr.ops import (
@@ -30,6 +29,7 @@ from zephyr.ops import (
     WriteOp,
     reader_name,
 )
+from zephyr.paths import render_path
 from zephyr.plan import Nested, Stage
 from zephyr.quarantine import OpErrors, ShardQuarantine, merge_stats
 

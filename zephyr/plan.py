@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from zephyr.io.paths import QuarantineTarget, check_output_compression, validate_pattern
 from zephyr.ops import RECORD_OPS, ReshardOp, SourceOp, WriteOp
+from zephyr.paths import QuarantineTarget, check_output_compression, validate_pattern
 
 # A stage's title and task-group name hold at most about this many characters of op titles; a longer
 # chain keeps its first ops and its last and says how many it left out ("+27").

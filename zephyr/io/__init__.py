@@ -2,9 +2,9 @@
 s3://). The Parquet functions load pyarrow on first use, so importing zephyr stays light."""
 
 from zephyr.io.jsonl import load_jsonl, write_jsonl_file
-from zephyr.io.paths import render_path
 from zephyr.io.readers import load_file, load_zip_members
 from zephyr.io.writers import write_binary_file
+from zephyr.paths import render_path
 
 __all__ = [
     "load_file",

@@ -23,7 +23,7 @@ from typing import BinaryIO
 
 import fsspec
 
-from zephyr.io.paths import compression_of
+from zephyr.paths import compression_of
 
 try:  # a core dependency; the stdlib's zlib is the fallback where no isal wheel exists
     from isal import igzip as _gzip

@@ -13,8 +13,8 @@ from typing import Any
 import fsspec
 
 from zephyr.io.jsonl import load_jsonl
-from zephyr.io.paths import COMPRESSED_EXTENSIONS, compression_of
 from zephyr.io.provenance import check_on_error, current_position
+from zephyr.paths import COMPRESSED_EXTENSIONS, compression_of
 
 # Dolma and friends name JSON Lines files `.json.gz`, so `.json` means JSON Lines here.
 _JSON_LINES = (".jsonl", ".ndjson", ".json")

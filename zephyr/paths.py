@@ -1,7 +1,8 @@
-"""Output path templates (`{shard}`, `{shard:05d}`, `{total}`, `{basename}`, or a callable) and the
-quarantine files named after them.
+"""Output path templates (`{shard}`, `{shard:05d}`, `{total}`, `{basename}`, or a callable), the
+compression a file's extension names, and the quarantine files named after outputs.
 
-Pure: no I/O, no Dask. Templates are validated by the planner before any work starts.
+Pure: no I/O, no fsspec, no Dask: the planner validates templates with it before any work starts,
+and zephyr.io names and opens files by it.
 """
 
 from __future__ import annotations
