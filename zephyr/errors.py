@@ -80,7 +80,7 @@ class UserCodeFailure:
         raise ZephyrError(self.message) from exc
 
 
-class _WrappedUserError(Exception):
+class WrappedUserError(Exception):
     """Internal: raised inside a kernel chain once a user failure has been described, so that outer
     generators in the same chain pass it through instead of describing it again."""
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from zephyr.errors import UserCodeFailure, ZephyrError, _WrappedUserError, short_repr
+from zephyr.errors import UserCodeFailure, WrappedUserError, ZephyrError, short_repr
 from zephyr.io.atomic import existing_outputs, output_exists
 from zephyr.io.provenance import current_position
 from zephyr.io.writers import write_records
@@ -60,13 +60,13 @@ def _where(info: ShardInfo) -> str:
 
 def _wrap(
     info: ShardInfo, what: str, exc: Exception, record: object, at: str = "", tail: str = ""
-) -> _WrappedUserError:
+) -> WrappedUserError:
     msg = f"{_where(info)}: {what} raised {type(exc).__name__}: {exc}{tail}"
     if record is not _NO_RECORD:
         msg += f"; record: {short_repr(record)}"
         if at:
             msg += f" (read from {at})"
-    return _WrappedUserError(UserCodeFailure.capture(msg, exc))
+    return WrappedUserError(UserCodeFailure.capture(msg, exc))
 
 
 def _guarded(gen_fn: Callable[..., Iterator], op: Any, info: ShardInfo) -> Callable[..., Iterator]:
@@ -82,7 +82,7 @@ def _guarded(gen_fn: Callable[..., Iterator], op: Any, info: ShardInfo) -> Calla
         state = {"record": _NO_RECORD}
         try:
             yield from gen_fn(it, state, *args)
-        except _WrappedUserError:
+        except WrappedUserError:
             raise
         except Exception as e:
             at = current_position().describe() if located else ""
@@ -185,7 +185,7 @@ def _flat_map_skip(
             continue
         try:
             yield from outputs
-        except _WrappedUserError:
+        except WrappedUserError:
             raise
         except Exception as e:
             tail = (
@@ -335,7 +335,7 @@ def _nested(it: Iterator, state: dict, op: Nested, info: ShardInfo) -> Iterator:
     try:
         yield from op.backend.run_nested(op.ops, it, op.label)
     except ZephyrError as e:  # already described by the nested run: add where, not a second cause
-        raise _WrappedUserError(UserCodeFailure.from_nested(_where(info), e)) from None
+        raise WrappedUserError(UserCodeFailure.from_nested(_where(info), e)) from None
 
 
 @dataclass
@@ -401,7 +401,7 @@ def run_task(
             if quarantine is not None:
                 quarantine.commit()  # no-op when the writer committed it already
                 merge_stats(errors, quarantine.stats())
-        except _WrappedUserError as e:
+        except WrappedUserError as e:
             if quarantine is not None:
                 quarantine.abort(e)
             return e.failure

@@ -15,7 +15,7 @@ from typing import Any
 import fsspec
 import msgspec
 
-from zephyr.errors import UserCodeFailure, ZephyrError, _WrappedUserError
+from zephyr.errors import UserCodeFailure, WrappedUserError, ZephyrError
 from zephyr.io.atomic import atomic_output
 from zephyr.io.provenance import current_position
 
@@ -99,7 +99,7 @@ class OpErrors:
             message = exceeded(
                 shard.stage, self.detail, self.bound, self.skipped, self.seen, self.sample
             )
-            raise _WrappedUserError(UserCodeFailure.capture(message, exc))
+            raise WrappedUserError(UserCodeFailure.capture(message, exc))
 
 
 class ShardQuarantine:
