@@ -1,144 +1,25 @@
-"""The planner: turns a Dataset's logical ops into fused physical stages.
+"""The planner: turns a Dataset's logical ops into a physical plan of typed stages.
 
 Pure: no Dask, no I/O, no clock, so plans are tested in milliseconds and printed by `--dry-run`.
-Consecutive record/shard ops fuse into one task per shard; a stage ends at `reshard`. Ops whose
-explicit backend differs from the executing one form a `Nested` stage that runs inside each shard of
-its parent.
+A small fusion state walks the ops: record ops fuse into a Map step, a writer adds a Write step in
+the same task, ops whose explicit backend differs from the executing one form a Nested step, and
+a reshard closes the stage (the nouns are in `zephyr.stages`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from zephyr.ops import RECORD_OPS, ReshardOp, SourceOp, WriteOp
 from zephyr.paths import QuarantineTarget, check_output_compression, validate_pattern
-
-# A stage's title and task-group name hold at most about this many characters of op titles; a longer
-# chain keeps its first ops and its last and says how many it left out ("+27").
-TITLE_LIMIT = 120
-
-
-def _elide(parts: list[str], sep: str, limit: int = TITLE_LIMIT) -> str:
-    """`parts` joined by `sep` in at most about `limit` characters: the first parts that fit, then
-    '+N' for the N parts left out, then the last part."""
-    text = sep.join(parts)
-    if len(text) <= limit or len(parts) <= 2:
-        return text
-    budget = limit - len(parts[-1]) - 2 * len(sep) - len(f"+{len(parts)}")
-    head: list[str] = []
-    for part in parts[:-1]:
-        if len(sep.join([*head, part])) > budget:
-            break
-        head.append(part)
-    return sep.join([*head, f"+{len(parts) - 1 - len(head)}", parts[-1]])
-
-
-def _key_safe(text: str) -> str:
-    """`text` without the characters Dask's key parsing splits on ('-') and without whitespace."""
-    return "".join("_" if c == "-" or c.isspace() or not c.isprintable() else c for c in text)
-
-
-@dataclass(frozen=True)
-class Nested:
-    """Ops run on another backend from inside a parent shard task, one inner shard per record."""
-
-    backend: Any
-    ops: tuple
-
-    @property
-    def label(self) -> str:
-        return "nested[" + " -> ".join(op.label for op in self.ops) + "]"
-
-    @property
-    def title(self) -> str:
-        return "nested[" + _elide([op.title for op in self.ops], ",") + "]"
-
-    @property
-    def detail(self) -> str:
-        inner = ", ".join(op.detail for op in self.ops)
-        return f"nested on {self.backend!r}: {inner}"
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One physical stage: every shard runs `ops` fused in one task.
-
-    `reshard_from` is None for the first stage (its shards are the source items) and the number of
-    upstream shards otherwise; `inputs` are the source items of the first stage.
-    """
-
-    index: int
-    ops: tuple
-    num_shards: int
-    inputs: tuple | None
-    reshard_from: int | None = None
-    label: str | None = None  # a given display name (nested stages are named after their parent)
-    quarantine: QuarantineTarget | None = None  # where skipped records go; None: nothing skips
-
-    @property
-    def name(self) -> str:
-        if self.label is not None:
-            return self.label
-        labels = (["reshard"] if self.reshard_from is not None else []) + [
-            op.label for op in self.ops
-        ]
-        return " -> ".join(labels) or "identity"
-
-    @property
-    def title(self) -> str:
-        """The stage as logs show it, with the user's function names:
-        'load_jsonl -> map(clean) -> filter(long_enough) -> write_jsonl' (`name` has the op kinds
-        only). A long chain is elided in the middle; a given `label` is the title, as it is the
-        name."""
-        if self.label is not None:
-            return self.label
-        parts = (["reshard"] if self.reshard_from is not None else []) + [
-            op.title for op in self.ops
-        ]
-        return _elide(parts, " -> ") or "identity"
-
-    @property
-    def number(self) -> int:
-        """The stage's 1-based number, as plans, logs, errors and the dashboard show it."""
-        return self.index + 1
-
-    def scope(self, run_id: str) -> str:
-        """Run and stage number, 'r2.s1': how logs and the dashboard point at a stage."""
-        return f"{run_id}.s{self.number}"
-
-    def task_group(self, scope: str) -> str:
-        """The Dask task-group name of this stage's tasks: 'r2.s1.load_jsonl.map(clean).write_jsonl'
-        for a stage of run `scope` ('r2'); a nested stage (`run_nested`) names the parent stage's
-        scope ('r2.s1') and reads 'r2.s1.nested[map(fetch)]'.
-
-        Holds no '-' and no whitespace: Dask groups a key '<group>-<shard>-<token>' under exactly
-        its text before the first '-' (dask.utils.key_split keeps a first word that starts with a
-        letter whole, and stops at the shard number). At most about 150 characters.
-        """
-        parts = (["reshard"] if self.reshard_from is not None else []) + [
-            op.title for op in self.ops
-        ]
-        if self.label is not None:  # nested: named after its parent stage
-            body = "nested[" + _elide(parts, ",") + "]"
-            return _key_safe(f"{scope}.{body}" if scope else body)
-        return _key_safe(f"{self.scope(scope)}.{_elide(parts, '.') or 'identity'}")
-
-    def __repr__(self) -> str:
-        # The dataclass repr would list every input item (thousands of paths).
-        return f"<Stage {self.index} {self.name!r}: {self.num_shards} shards>"
-
-    @property
-    def has_nested(self) -> bool:
-        return any(isinstance(op, Nested) for op in self.ops)
-
-    @property
-    def writes(self) -> bool:
-        return any(isinstance(op, WriteOp) for op in self.ops)
+from zephyr.stages import Map, MapStage, Nested, Stage, Write, WriteStage
 
 
 @dataclass(frozen=True)
 class Plan:
+    """The physical plan: where shards come from, and the typed stages that run in order."""
+
     source: SourceOp
     stages: tuple[Stage, ...]
 
@@ -177,18 +58,75 @@ class Plan:
         )
 
 
-def _group_nested(ops: list, executor: Any) -> list:
-    """Replace runs of ops whose backend is set and differs from the executor by Nested stages."""
-    out: list = []
-    for op in ops:
-        backend = op.backend
-        if backend is None or backend is executor:
-            out.append(op)
-        elif out and isinstance(out[-1], Nested) and out[-1].backend is backend:
-            out[-1] = Nested(backend, out[-1].ops + (op,))
+@dataclass
+class FusionState:
+    """What the planner holds while it walks the logical ops in order: the stages closed so far,
+    the steps of the open stage, and the record ops waiting to become its next Map step.
+
+    Each kind of logical op has its method: `fuse` (a record op), `write`, `nest` (an op for
+    another backend), `reshard` (closes the stage). A shuffle adds a method that closes the stage
+    in a Scatter step and opens the next with a Reduce step.
+    """
+
+    executor: Any
+    num_shards: int
+    inputs: tuple | None  # the source items of the open stage; None after a reshard
+    reshard_from: int | None = None
+    stages: list[Stage] = field(default_factory=list)
+    steps: list = field(default_factory=list)
+    pending: list = field(default_factory=list)
+
+    def add(self, op: Any) -> None:
+        """Place one logical op; raises TypeError for an op the planner does not know."""
+        if isinstance(op, ReshardOp):
+            self.reshard(op)
+        elif not isinstance(op, RECORD_OPS):
+            raise TypeError(f"unknown op {op!r}")
+        elif isinstance(op, WriteOp):  # Dataset gives writers no backend of their own
+            self.write(op)
+        elif op.backend is not None and op.backend is not self.executor:
+            self.nest(op)
         else:
-            out.append(Nested(backend, (op,)))
-    return out
+            self.fuse(op)
+
+    def fuse(self, op: Any) -> None:
+        self.pending.append(op)
+
+    def write(self, op: WriteOp) -> None:
+        """A Write step in the open stage's task. Raises ValueError for a template that cannot
+        name each shard (before any work starts)."""
+        validate_pattern(op.pattern, self.num_shards, self.inputs)
+        check_output_compression(op.pattern, op.format)
+        self._flush()
+        self.steps.append(Write(op))
+
+    def nest(self, op: Any) -> None:
+        """Consecutive ops for the same other backend share one Nested step."""
+        self._flush()
+        last = self.steps[-1] if self.steps else None
+        if isinstance(last, Nested) and last.backend is op.backend:
+            self.steps[-1] = Nested(op.backend, last.ops + (op,))
+        else:
+            self.steps.append(Nested(op.backend, (op,)))
+
+    def reshard(self, op: ReshardOp) -> None:
+        self.end_stage()
+        self.reshard_from, self.inputs = self.num_shards, None
+        self.num_shards = op.num_shards
+
+    def _flush(self) -> None:
+        if self.pending:
+            self.steps.append(Map(tuple(self.pending)))
+            self.pending = []
+
+    def end_stage(self) -> None:
+        """Close the open stage; its kind follows from its steps."""
+        self._flush()
+        steps = tuple(self.steps)
+        kind = WriteStage if any(isinstance(s, Write) for s in steps) else MapStage
+        index = len(self.stages)
+        self.stages.append(kind(index, steps, self.num_shards, self.inputs, self.reshard_from))
+        self.steps = []
 
 
 def compute_plan(source: SourceOp, ops: tuple, executor: Any = None) -> Plan:
@@ -196,30 +134,11 @@ def compute_plan(source: SourceOp, ops: tuple, executor: Any = None) -> Plan:
 
     Raises ValueError for a template that cannot name each shard (before any work starts).
     """
-    stages: list[Stage] = []
-    current: list = []
-    num_shards = len(source.items)
-    inputs: tuple | None = source.items
-    reshard_from: int | None = None
-
-    def close() -> None:
-        fused = tuple(_group_nested(current, executor))
-        stages.append(Stage(len(stages), fused, num_shards, inputs, reshard_from))
-
+    state = FusionState(executor, len(source.items), source.items)
     for op in ops:
-        if isinstance(op, ReshardOp):
-            close()
-            current, reshard_from, inputs = [], num_shards, None
-            num_shards = op.num_shards
-            continue
-        if not isinstance(op, RECORD_OPS):
-            raise TypeError(f"unknown op {op!r}")
-        if isinstance(op, WriteOp):
-            validate_pattern(op.pattern, num_shards, inputs)
-            check_output_compression(op.pattern, op.format)
-        current.append(op)
-    close()
-    return Plan(source, tuple(_with_quarantine(stages)))
+        state.add(op)
+    state.end_stage()
+    return Plan(source, tuple(_with_quarantine(state.stages)))
 
 
 def _with_quarantine(stages: list[Stage]) -> list[Stage]:
@@ -274,9 +193,8 @@ def _with_quarantine(stages: list[Stage]) -> list[Stage]:
 def _downstream_folder(later: list[Stage]) -> str | None:
     """The quarantine folder beside the output of shard 0 of the first writer in a later stage."""
     for stage in later:
-        for op in stage.ops:
-            if isinstance(op, WriteOp):
-                first = stage.inputs[0] if stage.inputs else None
-                target = QuarantineTarget(None, op.pattern, stage.number)
-                return target.describe(stage.num_shards, first).rstrip("/")
+        if isinstance(stage, WriteStage):
+            first = stage.inputs[0] if stage.inputs else None
+            target = QuarantineTarget(None, stage.writer.pattern, stage.number)
+            return target.describe(stage.num_shards, first).rstrip("/")
     return None

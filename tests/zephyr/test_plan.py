@@ -15,7 +15,8 @@ from distributed.utils import key_split_group
 from tests.imports import heavy_modules_loaded
 from zephyr import Dataset, Plan, SyncBackend, ThreadBackend, load_jsonl
 from zephyr.ops import FilterOp, FlatMapOp, MapOp, MapShardOp, TakePerShardOp, WindowOp, WriteOp
-from zephyr.plan import Nested, Stage, compute_plan
+from zephyr.plan import compute_plan
+from zephyr.stages import Nested
 
 
 def double(x):
@@ -198,8 +199,7 @@ def test_a_nested_stage_is_named_after_its_parent_stage():
     (stage,) = ds.compute_plan(ThreadBackend()).stages
     assert stage.title == "nested[map(double)] -> filter(keep_even)"
     (nested,) = [op for op in stage.ops if isinstance(op, Nested)]
-    inner = Stage(index=0, ops=nested.ops, num_shards=-1, inputs=None, label=nested.label)
-    assert inner.task_group("r3.s1") == "r3.s1.nested[map(double)]"
+    assert nested.stage.task_group("r3.s1") == "r3.s1.nested[map(double)]"
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,8 @@ import time
 import pytest
 
 from zephyr import Dataset, SyncBackend
-from zephyr.plan import Stage
 from zephyr.progress import StageProgress
+from zephyr.stages import NestedStage, Stage
 
 LONG_NAME = "load_jsonl -> " + "map(normalise_whitespace) -> " * 7 + "write_jsonl"
 
@@ -52,7 +52,8 @@ def zephyr_log(caplog):
 
 
 def _stage(name: str, index: int = 0) -> Stage:
-    return Stage(index=index, ops=(), num_shards=100_000, inputs=None, label=name)
+    # A NestedStage is titled by its label: any title, however long (op titles are cut).
+    return NestedStage(index=index, steps=(), num_shards=100_000, inputs=None, label=name)
 
 
 @pytest.mark.parametrize("columns", [80, 40])

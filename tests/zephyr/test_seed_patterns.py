@@ -21,7 +21,7 @@ import zstandard
 from zephyr import Dataset, flow_backend, load_jsonl
 from zephyr.backends.config import cli_context
 from zephyr.backends.dask import DaskBackend
-from zephyr.plan import Nested
+from zephyr.stages import Nested
 
 pytestmark = pytest.mark.dask
 

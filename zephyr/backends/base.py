@@ -19,9 +19,10 @@ from typing import Any
 from zephyr.backends.packer import Packer
 from zephyr.errors import UserCodeFailure, ZephyrError
 from zephyr.kernels import KeptCounts, TaskResult, existing_stage_outputs
-from zephyr.plan import Plan, Stage
+from zephyr.plan import Plan
 from zephyr.progress import StageProgress
 from zephyr.quarantine import StageErrors
+from zephyr.stages import NestedStage, SourceItem, Stage
 
 logger = logging.getLogger("zephyr")
 
@@ -69,28 +70,6 @@ class _Pending:
     value: Any = _UNSET
 
 
-def reshard_slices(lengths: list[int], num_shards: int) -> list[list[tuple[int, int, int]]]:
-    """Split the concatenation of upstream outputs (with `lengths`) into `num_shards` contiguous
-    ranges.
-
-    Returns, per output shard, (upstream_index, start, stop) slices. Shard sizes differ by at most
-    one.
-    """
-    total = sum(lengths)
-    bounds = [total * j // num_shards for j in range(num_shards + 1)]
-    offsets = list(itertools.accumulate(lengths, initial=0))
-    out: list[list[tuple[int, int, int]]] = []
-    for j in range(num_shards):
-        lo, hi = bounds[j], bounds[j + 1]
-        slices = []
-        for u, length in enumerate(lengths):
-            start, stop = max(lo, offsets[u]), min(hi, offsets[u] + length)
-            if start < stop:
-                slices.append((u, start - offsets[u], stop - offsets[u]))
-        out.append(slices)
-    return out
-
-
 class Backend(abc.ABC):
     """Executes Datasets. Subclasses implement `_submit`, `_wait_any`, `_done`, `_outcomes` and
     `_cancel`.
@@ -122,11 +101,10 @@ class Backend(abc.ABC):
         run = self._start_run(plan, run_id)
         return self._run_plan(plan, run, run_id)
 
-    def run_nested(self, ops: tuple, records: Iterable, name: str) -> Iterator:
-        """Run `ops` with each record of `records` as its own shard (a nested stage); stream the
-        outputs in order. Called from inside a parent shard task."""
-        stage = Stage(index=0, ops=ops, num_shards=-1, inputs=None, label=name)
-        specs = ((i, ("item", rec)) for i, rec in enumerate(records))
+    def run_nested(self, stage: NestedStage, records: Iterable) -> Iterator:
+        """Run `stage` (a Nested step's) with each record of `records` as its own shard; stream
+        the outputs in order. Called from inside a parent shard task."""
+        specs = ((i, SourceItem(rec)) for i, rec in enumerate(records))
         with self._nested_run(stage) as run:
             # A nested stage streams its parent's records: one shard per task, nothing read ahead.
             tasks = Packer(specs, first=1)
@@ -177,13 +155,19 @@ class Backend(abc.ABC):
         return 1
 
     @abc.abstractmethod
-    def _submit(self, run: Any, stage: Stage, shards: list, flat: bool, attempt: int) -> Any:
-        """Start one task running `stage` over `shards`; return a handle."""
+    def _submit(self, run: Any, stage: Stage, shards: list, keep: bool, attempt: int) -> Any:
+        """Start one task running `stage` over `shards` ((shard index, SourceItem or
+        ReshardSlices) pairs); return a handle.
+
+        `keep` (the one name for it in the driver, the backends and `run_task`): the result is
+        the next stage's input (a reshard follows), not the pipeline's output. The task returns
+        its outputs as one flat list, which the next stage's ReshardSlices cut, and a backend may
+        keep it where it ran (Dask: on the worker) instead of fetching it to the driver."""
 
     def _submit_many(
-        self, run: Any, stage: Stage, batches: list[list], flat: bool
+        self, run: Any, stage: Stage, batches: list[list], keep: bool
     ) -> list:  # one handle per batch, in order; backends with a cheaper bulk submit override it
-        return [self._submit(run, stage, shards, flat, 0) for shards in batches]
+        return [self._submit(run, stage, shards, keep, 0) for shards in batches]
 
     @abc.abstractmethod
     def _wait_any(self, run: Any, handles: list) -> None:
@@ -247,14 +231,7 @@ class Backend(abc.ABC):
             return
         for stage in plan.stages:
             final = stage.index == len(plan.stages) - 1
-            if stage.reshard_from is None:
-                specs = [(i, ("item", item)) for i, item in enumerate(stage.inputs)]
-            else:
-                slices = reshard_slices([c.outputs for c in lengths], stage.num_shards)
-                specs = [
-                    (j, ("slices", [(refs[u], a, b) for u, a, b in sl]))
-                    for j, sl in enumerate(slices)
-                ]
+            specs = stage.shard_inputs(refs, [c.outputs for c in lengths])
             tasks = Packer(
                 specs,
                 first=self._pack_size(run, len(specs)),

@@ -40,7 +40,8 @@ from zephyr.backends.dask_tasks import (
 from zephyr.backends.resources import unsatisfiable
 from zephyr.errors import ZephyrError
 from zephyr.kernels import KeptCounts, TaskResult
-from zephyr.plan import Plan, Stage
+from zephyr.plan import Plan
+from zephyr.stages import SourceItem, Stage
 
 logger = logging.getLogger("zephyr")
 
@@ -253,14 +254,14 @@ class DaskBackend(Backend):
             run.payloads[id(stage)] = payload
         return payload
 
-    def _submit(self, run: _Run, stage: Stage, shards: list, flat: bool, attempt: int) -> Any:
-        return self._submit_tasks(run, stage, [shards], flat, attempt)[0]
+    def _submit(self, run: _Run, stage: Stage, shards: list, keep: bool, attempt: int) -> Any:
+        return self._submit_tasks(run, stage, [shards], keep, attempt)[0]
 
-    def _submit_many(self, run: _Run, stage: Stage, batches: list[list], flat: bool) -> list:
-        return self._submit_tasks(run, stage, batches, flat, 0)
+    def _submit_many(self, run: _Run, stage: Stage, batches: list[list], keep: bool) -> list:
+        return self._submit_tasks(run, stage, batches, keep, 0)
 
     def _submit_tasks(
-        self, run: _Run, stage: Stage, batches: list[list], flat: bool, attempt: int
+        self, run: _Run, stage: Stage, batches: list[list], keep: bool, attempt: int
     ) -> list:
         """Submit one task per batch of shards in a single message to the scheduler."""
         payload = self._payload(run, stage)
@@ -269,7 +270,8 @@ class DaskBackend(Backend):
         for shards in batches:
             key = f"{group}-{shards[0][0]}-{run.token}"
             keys.append(f"{key}-retry{attempt}" if attempt else key)
-            args.append(Opaque(shards) if all(spec[0] == "item" for _, spec in shards) else shards)
+            items = all(isinstance(spec, SourceItem) for _, spec in shards)
+            args.append(Opaque(shards) if items else shards)
         # A stage that fans out to a nested pool mostly waits for its inner tasks, which carry the
         # resources: Dask keeps a seceded task's resources, so claiming them here too could leave
         # no worker able to run the inner tasks.
@@ -277,7 +279,7 @@ class DaskBackend(Backend):
         n = len(batches)
         futures = self._call(
             run, run.client.map, dask_task, [payload] * n, [f"{run.token}-{stage.index}"] * n,
-            args, [flat] * n, [self.semaphore_name] * n, [self.config.max_parallelism or 0] * n,
+            args, [keep] * n, [self.semaphore_name] * n, [self.config.max_parallelism or 0] * n,
             key=keys, resources=resources, pure=False,
         )  # fmt: skip
         if run.board is not None:

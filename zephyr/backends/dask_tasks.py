@@ -25,7 +25,7 @@ from fray_dask.pickling import dumps
 from zephyr.backends import dask_counts
 from zephyr.errors import UserCodeFailure, ZephyrError
 from zephyr.kernels import KeptCounts, TaskResult, run_task
-from zephyr.plan import Nested, Stage
+from zephyr.stages import Nested, Stage
 
 _STAGE_CACHE: OrderedDict[str, Stage] = OrderedDict()
 _SEMAPHORES: dict[str, distributed.Semaphore] = {}
@@ -116,16 +116,16 @@ class Opaque:
 
 
 def dask_task(
-    payload: bytes, token: str, shards: Any, flat: bool, sem: str | None, leases: int
+    payload: bytes, token: str, shards: Any, keep: bool, sem: str | None, leases: int
 ) -> TaskResult | UserCodeFailure:
     """Run the stage pickled in `payload` over `shards` on this worker, holding a lease of the
-    semaphore `sem` if the backend caps its parallelism."""
+    semaphore `sem` if the backend caps its parallelism (`keep`: see Backend._submit)."""
     if isinstance(shards, Opaque):
         shards = shards.value
     stage = load_stage(token, payload)
     with _slot(sem, leases):
-        result = run_task(stage, shards, flat)
-    if flat and isinstance(result, TaskResult):  # flat: kept for the next stage, not fetched
+        result = run_task(stage, shards, keep)
+    if keep and isinstance(result, TaskResult):  # kept for the next stage, not fetched
         dask_counts.report(token, result.records_in, result.records)
     return result
 

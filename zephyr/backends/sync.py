@@ -10,7 +10,7 @@ from typing import Any
 from zephyr.backends.base import Backend, BackendConfig
 from zephyr.backends.config import make_config
 from zephyr.kernels import run_task
-from zephyr.plan import Stage
+from zephyr.stages import Stage
 
 
 class SyncBackend(Backend):
@@ -19,8 +19,8 @@ class SyncBackend(Backend):
     def __init__(self, config: BackendConfig | None = None, **settings: Any):
         super().__init__(config or make_config(**settings))
 
-    def _submit(self, run: Any, stage: Stage, shards: list, flat: bool, attempt: int) -> Any:
-        return run_task(stage, shards, flat)
+    def _submit(self, run: Any, stage: Stage, shards: list, keep: bool, attempt: int) -> Any:
+        return run_task(stage, shards, keep)
 
     def _wait_any(self, run: Any, handles: list) -> None:
         return None

@@ -10,7 +10,7 @@ from typing import Any
 from zephyr.backends.base import Backend, BackendConfig, logger
 from zephyr.backends.config import make_config
 from zephyr.kernels import run_task
-from zephyr.plan import Stage
+from zephyr.stages import Stage
 
 CANCEL_WAIT_SECONDS = 60
 
@@ -37,8 +37,8 @@ class ThreadBackend(Backend):
     def _window(self, run: Any) -> int:
         return 2 * self.num_threads
 
-    def _submit(self, run: Any, stage: Stage, shards: list, flat: bool, attempt: int) -> Any:
-        return self._executor().submit(run_task, stage, shards, flat)
+    def _submit(self, run: Any, stage: Stage, shards: list, keep: bool, attempt: int) -> Any:
+        return self._executor().submit(run_task, stage, shards, keep)
 
     def _wait_any(self, run: Any, handles: list) -> None:
         cf.wait(handles, return_when=cf.FIRST_COMPLETED)
