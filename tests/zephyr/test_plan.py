@@ -1,46 +1,19 @@
-"""The planner: fusion into stages, stage titles and Dask task-group names, descriptions,
-template validation.
+"""The planner: fusion into stages, nested backends, descriptions, where skipped records go, and
+the import boundary of planning.
 
 Pure: no Dask cluster and no I/O (only the import-boundary check spawns a plain Python subprocess).
 """
 
 from __future__ import annotations
 
-import functools
-
 import pytest
-from dask.utils import key_split
-from distributed.utils import key_split_group
 
 from tests.imports import heavy_modules_loaded
-from zephyr import Dataset, Plan, SyncBackend, ThreadBackend, load_jsonl
+from tests.zephyr.planning import FILES, double, explode, files_dataset, keep_even, passthrough
+from zephyr import Dataset, Plan, SyncBackend, ThreadBackend
 from zephyr.ops import FilterOp, FlatMapOp, MapOp, MapShardOp, TakePerShardOp, WindowOp, WriteOp
 from zephyr.plan import compute_plan
 from zephyr.stages import Nested
-
-
-def double(x):
-    return 2 * x
-
-
-def keep_even(x):
-    return x % 2 == 0
-
-
-def explode(x):
-    return [x, x]
-
-
-def passthrough(records, info):
-    return records
-
-
-FILES = tuple(f"/data/raw/part-{i:04d}.jsonl.gz" for i in range(4))
-
-
-def files_dataset(files=FILES) -> Dataset:
-    """A from_files-like dataset that touches no filesystem (the planner only sees the items)."""
-    return Dataset.from_list(files).load_jsonl()
 
 
 # -- fusion ----------------------------------------------------------------------------------------
@@ -141,96 +114,6 @@ def test_a_backend_equal_in_settings_but_another_object_is_still_nested():
     assert isinstance(stage.ops[0], Nested) and stage.ops[0].backend is other
 
 
-# -- names -----------------------------------------------------------------------------------------
-def test_stage_title_and_task_group_name_the_users_functions():
-    ds = files_dataset().map(double).filter(keep_even).write_jsonl("clean/{shard:05d}.jsonl.gz")
-    (stage,) = ds.compute_plan().stages
-
-    assert stage.name == "load_jsonl -> map -> filter -> write_jsonl"
-    assert stage.title == "load_jsonl -> map(double) -> filter(keep_even) -> write_jsonl"
-    assert stage.task_group("r2") == "r2.s1.load_jsonl.map(double).filter(keep_even).write_jsonl"
-
-
-class Tokenizer:
-    def __call__(self, record):
-        return record
-
-
-def test_titles_name_lambdas_partials_callable_objects_and_shard_ops():
-    ds = (
-        Dataset.from_list(range(4))
-        .map(lambda x: x)
-        .filter(functools.partial(keep_even))
-        .flat_map(Tokenizer())
-        .map_shard(passthrough)
-        .take_per_shard(2)
-        .reshard(2)
-        .window(3)
-    )
-    first, second = ds.compute_plan().stages
-
-    assert first.title == (
-        "map(<lambda>) -> filter(keep_even) -> flat_map(Tokenizer) -> map_shard(passthrough) "
-        "-> take_per_shard(2)"
-    )
-    assert second.title == "reshard -> window(3)"
-    assert second.task_group("r1") == "r1.s2.reshard.window(3)"
-    assert Dataset.from_list([1]).compute_plan().stages[0].task_group("r1") == "r1.s1.identity"
-
-
-def test_a_long_chain_keeps_a_bounded_readable_name():
-    ds = Dataset.from_list([1])
-    for _ in range(30):
-        ds = ds.map(double)
-    ds = ds.map(keep_even)
-    (stage,) = ds.compute_plan().stages
-
-    group = stage.task_group("r7")
-    assert len(group) <= 150 and len(stage.title) <= 150
-    assert group.startswith("r7.s1.map(double).map(double).")
-    assert group.endswith(".map(keep_even)")
-    left_out = int(group.split(".+")[1].split(".")[0])
-    assert group.count("map(double)") + left_out == 30
-    assert "+" in stage.title and stage.title.endswith(" -> map(keep_even)")
-
-
-def test_a_nested_stage_is_named_after_its_parent_stage():
-    ds = Dataset.from_list(range(3)).map(double, backend=SyncBackend()).filter(keep_even)
-    (stage,) = ds.compute_plan(ThreadBackend()).stages
-    assert stage.title == "nested[map(double)] -> filter(keep_even)"
-    (nested,) = [op for op in stage.ops if isinstance(op, Nested)]
-    assert nested.stage.task_group("r3.s1") == "r3.s1.nested[map(double)]"
-
-
-@pytest.mark.parametrize(
-    "ds",
-    [
-        files_dataset().map(double).filter(keep_even).write_jsonl("o/{shard}.jsonl"),
-        Dataset.from_list(range(3)).flat_map(explode).map_shard(passthrough).window(2),
-        Dataset.from_list(range(3)).reshard(2).take_per_shard(1),
-        Dataset.from_list(range(3)).map(double, backend=SyncBackend()),
-        Dataset.from_list(range(3)).map(lambda x: x).filter(functools.partial(keep_even)),
-        Dataset.from_list(range(3)),
-    ],
-    ids=["reader-writer", "shard-ops", "reshard", "nested", "lambda-partial", "identity"],
-)
-def test_dask_groups_a_stages_tasks_under_exactly_its_task_group_name(ds):
-    """The scheduler names a task's group with dask.utils.key_split (distributed's
-    key_split_group for string keys): every key of a stage, retries included, lands in a group
-    reading exactly Stage.task_group."""
-    for stage in ds.compute_plan(SyncBackend()).stages:
-        group = stage.task_group("r12")
-        assert group.startswith(f"r12.s{stage.index + 1}.")
-        for key in (f"{group}-3-a1b2c3d4", f"{group}-0-a1b2c3d4-retry1", f"{group}-12-00000000"):
-            assert key_split(key) == group, key
-            assert key_split_group(key) == group, key
-
-
-def test_reader_shows_under_its_own_name_but_other_flat_maps_do_not():
-    (stage,) = Dataset.from_list(FILES).flat_map(load_jsonl).flat_map(explode).compute_plan().stages
-    assert stage.name == "load_jsonl -> flat_map"
-
-
 # -- describe / plan() -----------------------------------------------------------------------------
 def test_describe_lists_stages_and_op_details():
     ds = (
@@ -294,97 +177,6 @@ def test_planning_is_repeatable_and_does_not_change_the_dataset():
     before = repr(ds)
     assert ds.compute_plan().describe() == ds.compute_plan().describe()
     assert repr(ds) == before
-
-
-# -- output template validation --------------------------------------------------------------------
-def test_several_shards_without_shard_field_is_refused():
-    ds = Dataset.from_list(range(16)).write_jsonl("out/part.jsonl")
-    with pytest.raises(ValueError, match="has no '{shard}'") as info:
-        ds.compute_plan()
-    message = str(info.value)
-    assert "add '{shard:05d}'" in message
-    assert "'out/part.jsonl'" in message
-    assert "16 shards" in message
-
-
-def test_single_shard_may_write_to_a_fixed_path():
-    plan = Dataset.from_list(range(16)).reshard(1).write_jsonl("out/all.jsonl").compute_plan()
-    assert plan.stages[-1].writes
-
-
-def test_several_shards_after_reshard_without_shard_field_is_refused():
-    ds = Dataset.from_list([1]).reshard(4).write_jsonl("out/part.jsonl")
-    with pytest.raises(ValueError, match="has no '{shard}'.*4 shards"):
-        ds.compute_plan()
-
-
-def test_execute_refuses_a_bad_template_before_running_anything(tmp_path):
-    calls = tmp_path / "calls"
-
-    def touch(x):
-        calls.write_text("called")
-        return x
-
-    ds = Dataset.from_list(range(3)).map(touch).write_jsonl(str(tmp_path / "out.jsonl"))
-    with pytest.raises(ValueError, match="has no '{shard}'"):
-        SyncBackend().execute(ds)
-    assert not calls.exists()
-    assert not (tmp_path / "out.jsonl").exists()
-
-
-@pytest.mark.parametrize("pattern", ["out/{name}-{shard}.jsonl", "out/{}.jsonl", "out/{0}.jsonl"])
-def test_unknown_template_field_is_refused(pattern):
-    ds = Dataset.from_list(range(2)).write_jsonl(pattern)
-    with pytest.raises(ValueError, match="not a template field"):
-        ds.compute_plan()
-
-
-def test_unknown_template_field_message_names_the_field_and_the_valid_ones():
-    with pytest.raises(ValueError, match=r"uses \{name\}") as info:
-        Dataset.from_list(range(2)).write_jsonl("out/{name}-{shard}.jsonl").compute_plan()
-    for field in ("{shard}", "{total}", "{basename}"):
-        assert field in str(info.value)
-
-
-def test_basename_after_reshard_is_refused():
-    ds = files_dataset().reshard(2).write_jsonl("out/{basename}.jsonl.gz")
-    with pytest.raises(ValueError, match=r"uses \{basename\}.*reshard"):
-        ds.compute_plan()
-
-
-def test_basename_from_input_files_is_accepted():
-    plan = files_dataset().write_jsonl("out/{basename}.jsonl.gz").compute_plan()
-    assert plan.stages[0].writes
-
-
-def test_basename_of_inputs_that_are_not_paths_is_refused():
-    with pytest.raises(ValueError, match=r"\{basename\}.*not file paths"):
-        Dataset.from_list([1, 2]).write_jsonl("out/{basename}.jsonl").compute_plan()
-
-
-def test_basename_shared_by_several_inputs_needs_the_shard_field():
-    files = ("/a/part-0.jsonl", "/b/part-0.jsonl.gz")
-    with pytest.raises(ValueError, match="share a basename"):
-        files_dataset(files).write_jsonl("out/{basename}.jsonl").compute_plan()
-    files_dataset(files).write_jsonl("out/{basename}-{shard}.jsonl").compute_plan()
-
-
-@pytest.mark.parametrize(
-    "pattern",
-    ["out/{shard}.jsonl", "out/{shard:05d}-of-{total:05d}.jsonl", "out/{{literal}}-{shard}.jsonl"],
-)
-def test_valid_templates_are_accepted(pattern):
-    Dataset.from_list(range(3)).write_jsonl(pattern).compute_plan()
-
-
-def test_callable_pattern_is_not_validated_as_a_template():
-    def name(shard, total):
-        return f"out/{shard}-of-{total}.jsonl"
-
-    (stage,) = Dataset.from_list(range(3)).write_jsonl(name).compute_plan().stages
-    assert "write_jsonl('test_callable_pattern_is_not_validated_as_a_template.name')" in (
-        stage.ops[0].detail
-    )
 
 
 def test_compute_plan_function_matches_the_dataset_method():
