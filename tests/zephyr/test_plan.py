@@ -1,7 +1,7 @@
 """The planner: fusion into stages, nested backends, descriptions, where skipped records go, and
 the import boundary of planning.
 
-Pure: no Dask cluster and no I/O (only the import-boundary check spawns a plain Python subprocess).
+Pure: no Dask cluster and no I/O (only the import-boundary checks spawn a plain Python subprocess).
 """
 
 from __future__ import annotations
@@ -194,6 +194,31 @@ def test_importing_zephyr_does_not_import_dask_or_pyarrow():
     )
     heavy = heavy_modules_loaded(code, ("dask", "distributed", "pyarrow"))
     assert heavy == [], f"heavy modules imported: {heavy}"
+
+
+# `import zephyr.plan` first runs the package's __init__, which loads the public API (backends
+# included): to see what planning itself needs, the probe imports it under an empty `zephyr`.
+PLAN_ALONE = """
+import importlib.util, sys, types
+package = types.ModuleType("zephyr")
+package.__path__ = list(importlib.util.find_spec("zephyr").submodule_search_locations)
+sys.modules["zephyr"] = package
+from zephyr.ops import MapOp, ReshardOp, SourceOp, WriteOp
+from zephyr.plan import compute_plan
+source = SourceOp(("raw/a.jsonl.gz", "raw/b.jsonl.gz"), "files", "'raw/*'")
+ops = (MapOp(str, on_error="skip"), ReshardOp(1), WriteOp("jsonl", "out/{shard}.jsonl.gz"))
+assert "out/_quarantine/" in compute_plan(source, ops).describe()
+backends = sorted(m for m in sys.modules if m.startswith("zephyr.backends"))
+assert not backends, f"zephyr.plan imported {backends}"
+"""
+
+
+def test_planning_loads_no_filesystem_codec_or_backend():
+    heavy = heavy_modules_loaded(
+        PLAN_ALONE,
+        ("fsspec", "msgspec", "zstandard", "isal", "dask", "distributed", "pyarrow"),
+    )
+    assert heavy == [], f"zephyr.plan imported {heavy}"
 
 
 # -- where skipped records go (on_error="skip") ----------------------------------------------------

@@ -1,4 +1,5 @@
-"""The physical plan's nouns: stage titles and Dask task-group names.
+"""The physical plan's nouns: typed stages and steps, stage titles and Dask task-group names, and
+the typed inputs of shards.
 
 Pure: no Dask cluster and no I/O.
 """
@@ -21,7 +22,17 @@ from tests.zephyr.planning import (
     passthrough,
 )
 from zephyr import Dataset, SyncBackend, ThreadBackend, load_jsonl
-from zephyr.stages import Nested
+from zephyr.kernels import run_task
+from zephyr.stages import (
+    Map,
+    MapStage,
+    Nested,
+    NestedStage,
+    ReshardSlices,
+    SourceItem,
+    Write,
+    WriteStage,
+)
 
 
 # -- names -----------------------------------------------------------------------------------------
@@ -107,3 +118,71 @@ def test_dask_groups_a_stages_tasks_under_exactly_its_task_group_name(ds):
 def test_reader_shows_under_its_own_name_but_other_flat_maps_do_not():
     (stage,) = Dataset.from_list(FILES).flat_map(load_jsonl).flat_map(explode).compute_plan().stages
     assert stage.name == "load_jsonl -> flat_map"
+
+
+# -- typed stages and steps ------------------------------------------------------------------------
+def test_a_typical_pipeline_plans_into_typed_stages_of_steps():
+    executor, other = SyncBackend(), ThreadBackend(max_parallelism=2)
+    ds = (
+        files_dataset()
+        .map(double, backend=other)
+        .filter(keep_even)
+        .reshard(2)
+        .map(double)
+        .write_jsonl("clean/{shard:05d}.jsonl.gz")
+    )
+    first, second = ds.compute_plan(executor).stages
+
+    # records kept for the reshard, then a stage whose shards commit files
+    assert type(first) is MapStage and type(second) is WriteStage
+    assert not first.writes and second.writes
+    assert [type(step) for step in first.steps] == [Map, Nested, Map]
+    load, nested, keep = first.steps
+    assert [op.title for op in load.ops] == ["load_jsonl"]
+    assert nested.backend is other and [op.fn for op in nested.ops] == [double]
+    assert [op.pred for op in keep.ops] == [keep_even]
+    # the write shares the task of the map before it: one stage, two steps
+    assert [type(step) for step in second.steps] == [Map, Write]
+    assert second.steps[1].op is second.writer
+    assert second.writer.pattern == "clean/{shard:05d}.jsonl.gz"
+    assert second.reshard_from == 4 and second.inputs is None
+    # a stage's ops are its steps' entries, in order: what plans list and errors count
+    assert [op.title for op in first.ops] == [
+        "load_jsonl",
+        "nested[map(double)]",
+        "filter(keep_even)",
+    ]
+
+    # the nested step is a stage of its own for the other backend, named after its parent
+    inner = nested.stage
+    assert type(inner) is NestedStage and inner.num_shards == -1
+    assert [type(step) for step in inner.steps] == [Map]
+    assert inner.name == "nested[map]" and inner.ops == nested.ops
+
+
+def test_a_writer_in_the_middle_of_a_stage_keeps_its_task():
+    (stage,) = (
+        Dataset.from_list(range(2)).write_jsonl("o/{shard}.jsonl").map(str.upper).compute_plan()
+    ).stages
+    assert type(stage) is WriteStage
+    assert [type(step) for step in stage.steps] == [Write, Map]
+
+
+# -- typed shard inputs ----------------------------------------------------------------------------
+def test_shards_get_source_items_then_slices_of_the_kept_upstream_outputs():
+    first, second = (
+        Dataset.from_list(["a", "b", "c"]).map(str.upper).reshard(2).compute_plan().stages
+    )
+
+    sources = first.shard_inputs([], [])
+    assert sources == [(0, SourceItem("a")), (1, SourceItem("b")), (2, SourceItem("c"))]
+    assert [type(spec) for _, spec in sources] == [SourceItem] * 3
+    assert sources[1][1].input == "b"
+    kept = [run_task(first, [shard], keep=True) for shard in sources]
+    assert [result.outputs for result in kept] == [["A"], ["B"], ["C"]]  # flat: one list per task
+
+    slices = second.shard_inputs(kept, [len(result.outputs) for result in kept])
+    assert [type(spec) for _, spec in slices] == [ReshardSlices, ReshardSlices]
+    assert [spec.input for _, spec in slices] == [None, None]  # no source item after a reshard
+    assert [list(spec.records()) for _, spec in slices] == [["A"], ["B", "C"]]
+    assert run_task(second, slices, keep=False).outputs == [["A"], ["B", "C"]]
