@@ -58,16 +58,8 @@ class Counts:
         self._open.clear()
 
 
-class _Shard(NamedTuple):
-    """What every step kernel of one shard shares."""
-
-    info: ShardInfo
-    counts: Counts
-    quarantine: ShardQuarantine | None
-    reader: int | None  # the index in Stage.ops of the op after which records_in is counted
-
-
-# -- the registry: step type -> kernel(step, records, shard, index of its first entry in ops)
+# -- the registry: step type -> kernel(step, records, task, shard info, the shard's quarantine,
+# index of the step's first entry in Stage.ops)
 StepKernel = Callable[..., Iterator]
 STEP_KERNELS: dict[type, StepKernel] = {}
 
@@ -82,36 +74,86 @@ def step_kernel(step_type: type) -> Callable[[StepKernel], StepKernel]:
     return register
 
 
+def _reads(op: Any) -> bool:
+    return isinstance(op, FlatMapOp) and reader_name(op.fn) is not None
+
+
+class StageTask:
+    """A stage as one task runs it: each step's kernel, looked up once for all the task's shards,
+    where records_in is counted, and the task's Counts (see Counts: records read, written or
+    produced, shards skipped because their output existed)."""
+
+    __slots__ = ("stage", "counts", "reader", "chain")
+
+    def __init__(self, stage: Stage, counts: Counts):
+        self.stage, self.counts = stage, counts
+        # the index in Stage.ops of the op after which records_in is counted (a reader), if any
+        self.reader = next((i for i, op in enumerate(stage.ops) if _reads(op)), None)
+        self.chain: list[tuple[StepKernel, Any, int]] = []
+        at = 0
+        for step in stage.steps:
+            kernel = STEP_KERNELS.get(type(step))
+            if kernel is None:
+                raise TypeError(f"no kernel for {step!r}")
+            self.chain.append((kernel, step, at))
+            at += len(step.entries)
+
+    def run(
+        self, records: Iterable, info: ShardInfo, quarantine: ShardQuarantine | None = None
+    ) -> Iterator:
+        """Chain the step kernels over one shard's `records` lazily (call `counts.settle()` once
+        the iterator is consumed). Ops that skip records report them to `quarantine` (the
+        shard's, present when the stage has such ops)."""
+        counts = self.counts
+        it = iter(records) if self.reader is not None else counts.tally(records, "records_in")
+        for kernel, step, at in self.chain:
+            it = kernel(step, it, self, info, quarantine, at)
+        return it if self.stage.writes else counts.tally(it, "records_out")
+
+
+_NO_ERRORS: dict = {}  # the skipped-record tallies of a shard without a quarantine (read only)
+
+
 @step_kernel(Map)
-def _map_step(step: Map, it: Iterator, shard: _Shard, at: int) -> Iterator:
-    errors = shard.quarantine.ops if shard.quarantine is not None else {}
+def _map_step(
+    step: Map, it: Iterator, task: StageTask, info: ShardInfo, quarantine: Any, at: int
+) -> Iterator:
+    errors = quarantine.ops if quarantine is not None else _NO_ERRORS
     for i, op in enumerate(step.ops, at):
         kernel = OP_KERNELS.get(type(op))
         if kernel is None:
             raise TypeError(f"no kernel for {op!r}")
-        it = kernel(op, it, shard.info, errors.get(i))
-        if i == shard.reader:
-            it = shard.counts.tally(it, "records_in")
+        it = kernel(op, it, info, errors.get(i))
+        if i == task.reader:
+            it = task.counts.tally(it, "records_in")
     return it
 
 
 @step_kernel(Write)
-def _write_step(step: Write, it: Iterator, shard: _Shard, at: int) -> Iterator:
-    return guarded(_write, step.op, shard.info)(it, step.op, shard)
+def _write_step(
+    step: Write, it: Iterator, task: StageTask, info: ShardInfo, quarantine: Any, at: int
+) -> Iterator:
+    return guarded(_write, step.op, info)(it, step.op, info, task.counts, quarantine)
 
 
-def _write(it: Iterator, state: dict, op: WriteOp, shard: _Shard) -> Iterator:
-    info, quarantine = shard.info, shard.quarantine
+def _write(
+    it: Iterator,
+    state: dict,
+    op: WriteOp,
+    info: ShardInfo,
+    counts: Counts,
+    quarantine: ShardQuarantine | None,
+) -> Iterator:
     path = render_path(op.pattern, info.shard_idx, info.total_shards, info.input)
     if op.skip_existing and output_exists(path):
         # `it` is never iterated, so nothing upstream runs: the shard's input is not even opened.
-        shard.counts.skipped += 1
+        counts.skipped += 1
         if quarantine is not None:
             quarantine.keep_existing()
     else:
         if quarantine is not None:
             it = _then_commit(it, quarantine)
-        shard.counts.records_out += write_records(op.format, it, path, op.options)
+        counts.records_out += write_records(op.format, it, path, op.options)
     yield path
 
 
@@ -124,8 +166,10 @@ def _then_commit(it: Iterator, quarantine: ShardQuarantine) -> Iterator:
 
 
 @step_kernel(Nested)
-def _nested_step(step: Nested, it: Iterator, shard: _Shard, at: int) -> Iterator:
-    return guarded(_nested, step, shard.info)(it, step, shard.info)
+def _nested_step(
+    step: Nested, it: Iterator, task: StageTask, info: ShardInfo, quarantine: Any, at: int
+) -> Iterator:
+    return guarded(_nested, step, info)(it, step, info)
 
 
 def _nested(it: Iterator, state: dict, step: Nested, info: ShardInfo) -> Iterator:
@@ -133,34 +177,6 @@ def _nested(it: Iterator, state: dict, step: Nested, info: ShardInfo) -> Iterato
         yield from step.backend.run_nested(step.stage, it)
     except ZephyrError as e:  # already described by the nested run: add where, not a second cause
         raise WrappedUserError(UserCodeFailure.from_nested(shard_where(info), e)) from None
-
-
-def _reads(op: Any) -> bool:
-    return isinstance(op, FlatMapOp) and reader_name(op.fn) is not None
-
-
-def run_stage(
-    stage: Stage,
-    records: Iterable,
-    info: ShardInfo,
-    counts: Counts,
-    quarantine: ShardQuarantine | None = None,
-) -> Iterator:
-    """Chain the kernels of `stage`'s steps over one shard's `records` lazily, counting into
-    `counts` (see Counts: records read, written or produced, shards skipped because their output
-    existed; call `counts.settle()` once the iterator is consumed). Ops that skip records report
-    them to `quarantine` (the shard's, present when the stage has such ops)."""
-    reader = next((i for i, op in enumerate(stage.ops) if _reads(op)), None)
-    it: Iterator = iter(records) if reader is not None else counts.tally(records, "records_in")
-    shard = _Shard(info, counts, quarantine, reader)
-    at = 0
-    for step in stage.steps:
-        kernel = STEP_KERNELS.get(type(step))
-        if kernel is None:
-            raise TypeError(f"no kernel for {step!r}")
-        it = kernel(step, it, shard, at)
-        at += len(step.entries)
-    return it if stage.writes else counts.tally(it, "records_out")
 
 
 @dataclass
@@ -199,18 +215,20 @@ def run_task(
     """
     outputs: list = []
     counts = Counts()
+    task = StageTask(stage, counts)
+    name = stage.name
     errors: dict | None = {} if stage.quarantine is not None else None
     pos = current_position()
     for shard_idx, spec in shards:
         source = spec.input
-        info = ShardInfo(shard_idx, stage.num_shards, source, stage.name)
+        info = ShardInfo(shard_idx, stage.num_shards, source, name)
         pos.clear()  # no position of an earlier shard run by this thread may leak into this one
         quarantine = None
         try:
             if stage.quarantine is not None:
                 path = stage.quarantine.path(shard_idx, stage.num_shards, source)
-                quarantine = ShardQuarantine(path, stage.name, shard_idx, source, stage.ops)
-            produced = run_stage(stage, spec.records(), info, counts, quarantine)
+                quarantine = ShardQuarantine(path, name, shard_idx, source, stage.ops)
+            produced = task.run(spec.records(), info, quarantine)
             if keep:
                 outputs.extend(produced)
             else:

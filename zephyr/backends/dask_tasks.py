@@ -25,7 +25,7 @@ from fray_dask.pickling import dumps
 from zephyr.backends import dask_counts
 from zephyr.errors import UserCodeFailure, ZephyrError
 from zephyr.kernels import KeptCounts, TaskResult, run_task
-from zephyr.stages import Nested, Stage
+from zephyr.stages import Nested, SourceItem, Stage
 
 _STAGE_CACHE: OrderedDict[str, Stage] = OrderedDict()
 _SEMAPHORES: dict[str, distributed.Semaphore] = {}
@@ -106,13 +106,23 @@ def parent_scope() -> str:
 
 
 class Opaque:
-    """Hides a list of source items from Dask, which would otherwise walk every element looking for
-    futures (items hold none; reshard specs do and are passed as they are)."""
+    """Hides a batch of (shard index, SourceItem) pairs from Dask, which would otherwise walk every
+    element looking for futures (items hold none; ReshardSlices do and are passed as they are).
+
+    Travels as two plain lists, the shard indexes and the items, which pickle in C; the worker
+    rebuilds the pairs."""
 
     __slots__ = ("value",)
 
-    def __init__(self, value: Any):
+    def __init__(self, value: list):
         self.value = value
+
+    def __reduce__(self) -> tuple:
+        return _opaque_sources, ([i for i, _ in self.value], [spec.item for _, spec in self.value])
+
+
+def _opaque_sources(indexes: list, items: list) -> Opaque:
+    return Opaque([(i, SourceItem(item)) for i, item in zip(indexes, items, strict=True)])
 
 
 def dask_task(
