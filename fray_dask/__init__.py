@@ -41,11 +41,11 @@ _WHERE = {
     "cluster_from_spec": "current",
     "create_environment": "types",
     "current_cluster": "current",
-    "fray_job_ctx": "context",
-    "get_default_job_ctx": "context",
+    "fray_job_ctx": "current",
+    "get_default_job_ctx": "current",
     "parse_size": "sizes",
     "set_current_cluster": "current",
-    "set_job_ctx": "context",
+    "set_job_ctx": "current",
 }
 
 __all__ = sorted(_WHERE)

@@ -22,6 +22,8 @@ import distributed
 from distributed import Client
 
 from fray_dask.cluster import Cluster, JobRecord, new_job_id, replica_count
+from fray_dask.connect import connect
+from fray_dask.connection import CONNECT_TIMEOUT
 from fray_dask.environment import check_request
 from fray_dask.placement import Dispatcher, Pending, usage
 from fray_dask.process import Launch, Outcome, ReplicaProcess, serialize_entrypoint
@@ -32,9 +34,8 @@ from fray_dask.workdirs import sweep_stale_workdirs
 logger = logging.getLogger("fray_dask")
 
 LOG_TOPIC = "fray-job-events"
-# Seconds to reach a scheduler (an unreachable one is an error within 10 s, start-up included),
-# and for how long a connected scheduler may be out of reach before unfinished jobs fail.
-CONNECT_TIMEOUT = 8.0
+# CONNECT_TIMEOUT (fray_dask.connection) is also for how long a connected scheduler may be out of
+# reach before unfinished jobs fail.
 # How long a finished replica's result may wait for its last log lines to arrive.
 LINES_GRACE_SECONDS = 5.0
 # A replica's saved return value (pickled) up to this size travels in its "ended" event; a larger
@@ -126,35 +127,6 @@ def _kill_job(job_id: str) -> int:
 # -- driver side ------------------------------------------------------------------------------
 
 
-def connect(address: str | Client | None, timeout: float) -> tuple[Client, bool]:
-    """A client for `address` and whether the caller owns it. None means the worker's own
-    cluster inside a Dask task, else the embedded LocalCluster shared with zephyr. An unreachable
-    scheduler raises ConnectionError within `timeout` s."""
-    if isinstance(address, Client):
-        return address, False
-    if address is None:
-        with contextlib.suppress(ValueError):  # inside a Dask task: that task's own cluster
-            distributed.get_worker()
-            return distributed.get_client(), False
-        from zephyr.backends.connection import embedded
-
-        return embedded().client, False
-    try:
-        distributed.comm.get_address_host_port(address)
-    except ValueError as e:  # checked first: a failed Client stalls interpreter exit for 16 s
-        raise ValueError(
-            f"{address!r} is not a Dask scheduler address ({e}); write tcp://host:8786"
-        ) from None
-    try:
-        return Client(address, timeout=timeout, set_as_default=False), True
-    except Exception as e:  # refused, timed out, or something else answered the port
-        raise ConnectionError(
-            f"cannot reach the Dask scheduler at {address!r} within {timeout:g} s "
-            f"({type(e).__name__}: {str(e)[:200]}); check the address and that `dask "
-            "scheduler` runs there, or use FRAY_CLUSTER_SPEC=dask for an embedded local cluster"
-        ) from None
-
-
 class DaskCluster(Cluster):
     """Runs jobs on a Dask cluster: `DaskCluster()` starts (or reuses) the embedded LocalCluster,
     `DaskCluster("tcp://host:8786")` connects to a running scheduler.
@@ -168,7 +140,8 @@ class DaskCluster(Cluster):
     def __init__(self, address: str | Client | None = None, timeout: float = CONNECT_TIMEOUT):
         super().__init__()
         sweep_stale_workdirs()  # those of dead drivers and workers on this machine
-        self.client, self._owns_client = connect(address, timeout)
+        self._conn = connect(address, timeout)  # shared with every other user in this process
+        self.client = self._conn.client
         self.timeout = timeout
         self.address = self.client.scheduler.address
         self.spec = f"dask?address={self.address}"
@@ -395,14 +368,13 @@ class DaskCluster(Cluster):
                 self.client.cancel(pending)
 
     def close(self) -> None:
-        """Terminates running jobs; closes the client if this cluster opened it."""
+        """Terminates running jobs; releases the connection (the client closes with its last
+        user, unless it is the embedded cluster's or one the caller handed in)."""
         super().close()
         self._dispatcher.close()
         with _DRIVERS_LOCK:
             for job_id in [j for j, c in _DRIVERS.items() if c is self]:
                 del _DRIVERS[job_id]
-            if self._owns_client:
+        if self._conn.release():  # this was the client's last user: it is closed now
+            with _DRIVERS_LOCK:
                 _SUBSCRIBED.discard(self.client)
-        if self._owns_client:
-            with contextlib.suppress(Exception):
-                self.client.close(timeout=10)
