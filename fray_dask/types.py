@@ -16,7 +16,7 @@ from typing import Any, NewType
 
 from fray_dask.secrets import mask, masked_env, secret_values
 from fray_dask.sizes import parse_size
-from tpu.topology import TpuTopology, check_multislice, check_topology
+from fray_dask.topology import TpuTopology, check_multislice, check_topology
 
 JobId = NewType("JobId", str)
 
