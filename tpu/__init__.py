@@ -1,5 +1,5 @@
-"""tpu: TPU slices (the table shared with fray_dask.TpuConfig), their GKE manifests, the GKE
-launcher behind the fray_dask Cluster API, and a local emulation of a slice.
+"""tpu: TPU slices (the table is fray_dask.topology's, named here too), their GKE manifests, the
+GKE launcher behind the fray_dask Cluster API, and a local emulation of a slice.
 
 Names load on first use (PEP 562): `import tpu` imports neither Kubernetes nor Dask.
 """
@@ -10,17 +10,17 @@ import importlib
 from typing import Any
 
 _WHERE = {
-    "TPU_TYPES": "topology",
-    "TpuTopology": "topology",
-    "all_topologies": "topology",
-    "check_multislice": "topology",
-    "check_topology": "topology",
-    "get_topology": "topology",
-    "build_manifests": "manifests",
-    "render_yaml": "manifests",
-    "secret_manifest": "manifests",
-    "GkeTpuCluster": "launcher",
-    "LocalTpuCluster": "local",
+    "TPU_TYPES": "fray_dask.topology",
+    "TpuTopology": "fray_dask.topology",
+    "all_topologies": "fray_dask.topology",
+    "check_multislice": "fray_dask.topology",
+    "check_topology": "fray_dask.topology",
+    "get_topology": "fray_dask.topology",
+    "build_manifests": "tpu.manifests",
+    "render_yaml": "tpu.manifests",
+    "secret_manifest": "tpu.manifests",
+    "GkeTpuCluster": "tpu.launcher",
+    "LocalTpuCluster": "tpu.local",
 }
 
 __all__ = sorted(_WHERE)
@@ -30,7 +30,7 @@ def __getattr__(name: str) -> Any:
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'tpu' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"tpu.{module}"), name)
+    value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 
