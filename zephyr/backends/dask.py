@@ -34,6 +34,7 @@ from zephyr.backends.dask_checks import (
     task_resources,
     wait_for_workers,
 )
+from zephyr.backends.dask_limits import close_idle
 from zephyr.backends.dask_tasks import (
     Opaque,
     cluster_view,
@@ -41,7 +42,6 @@ from zephyr.backends.dask_tasks import (
     parent_scope,
     pickle_stage,
     result_lengths,
-    semaphore,
 )
 from zephyr.backends.settings import make_config
 from zephyr.errors import ZephyrError, as_zephyr_error
@@ -186,6 +186,10 @@ class DaskBackend(Backend):
         finally:
             if run.board is not None:
                 run.board.end(state)
+            # The semaphores of finished runs (this one's, its nested backends') leave the
+            # scheduler; a later run registers its own again.
+            with contextlib.suppress(Exception):
+                run.client.run_on_scheduler(close_idle)
 
     def _new_run(self, conn: Connection, payloads: dict, scope: str) -> _Run:
         # A cluster whose workers are still starting gets as long as the stall rule allows.
@@ -193,9 +197,6 @@ class DaskBackend(Backend):
         address = conn.address or str(self.address)
         workers = wait_for_workers(conn.workers, address, self.no_worker_timeout, rule)
         resources = task_resources(self._requested_resources(), workers, self._warned)
-        if self.config.max_parallelism:  # register the backend's cluster-wide semaphore once
-            with conn.client.as_current():
-                semaphore(self.semaphore_name, self.config.max_parallelism)
         threads = sum(w.get("nthreads", 1) for w in workers)
         return _Run(conn, uuid.uuid4().hex[:8], resources, payloads, threads, scope)
 
