@@ -58,7 +58,7 @@ def parse_size(value: str | int | float, *, what: str = "size") -> int:
                 "'8GB' (decimal, 8e9 bytes) or '512Mi', '16GiB' (binary, 16 * 2**30 bytes)"
             )
         number, unit = float(match.group(1)), match.group(2).lower()
-    if unit in ("", "b") and 0 < number < SMALLEST_BARE:
+    if not unit and 0 < number < SMALLEST_BARE:
         shown = f"{number:g}"
         raise ValueError(
             f"{what}={value!r} has no unit, so it means {shown} bytes, too little for any job; "

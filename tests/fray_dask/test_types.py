@@ -1,4 +1,4 @@
-"""The plain data of jobs: validation, sizes, TPU counts, secrets in reprs (no Dask)."""
+"""The plain data of jobs: validation, TPU counts, secrets in reprs (no Dask)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from fray_dask import (
     ResourceConfig,
     TpuConfig,
     create_environment,
-    parse_size,
 )
 from fray_dask.resources import NON_PREEMPTIBLE, dask_resources
 from fray_dask.secrets import mask, masked_env
@@ -27,44 +26,6 @@ from tests.imports import heavy_modules_loaded
 
 def noop():
     return None
-
-
-# -- sizes --------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        ("16g", 16 * 10**9),
-        ("16G", 16 * 10**9),
-        ("8GB", 8 * 10**9),
-        ("512MiB", 512 << 20),
-        ("128m", 128 * 10**6),
-        ("1.5t", int(1.5 * 10**12)),
-        ("16Gi", 16 << 30),
-        ("16gib", 16 << 30),
-        (" 2 g ", 2 * 10**9),
-        (17179869184, 16 << 30),
-        ("0", 0),
-    ],
-)
-def test_sizes_parse_like_kubernetes_and_dask(text, expected):
-    """g/GB are decimal and Gi/GiB binary, as in `dask worker --resources MEMORY=16e9` and
-    Kubernetes, so ram="16g" fits a worker started with MEMORY=16e9."""
-    assert parse_size(text) == expected
-
-
-def test_a_bare_number_too_small_to_mean_bytes_suggests_the_unit():
-    with pytest.raises(ValueError, match=r"ram='16' has no unit.*did you mean '16g'"):
-        ResourceConfig(ram="16")
-    with pytest.raises(ValueError, match="did you mean '16g'"):
-        ResourceConfig(ram=16)
-
-
-@pytest.mark.parametrize("bad", ["lots", "16x", "g", "-1g", "16 gigs", "16i", None, True, [16]])
-def test_bad_size_strings_are_errors_naming_the_field(bad):
-    with pytest.raises(ValueError, match="disk"):
-        ResourceConfig(disk=bad)
 
 
 # -- resources and devices -----------------------------------------------------------------------
