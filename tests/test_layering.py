@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.imports import heavy_modules_loaded
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("fray_dask", "zephyr", "tpu")
 MAX_LINES = 400
@@ -159,3 +161,19 @@ def test_no_private_names_imported_across_modules():
 def test_modules_stay_under_the_size_limit(module):
     lines = len(MODULES[module].read_text().splitlines())
     assert lines < MAX_LINES, f"{MODULES[module]} has {lines} lines; split it along a named seam"
+
+
+@pytest.mark.parametrize("package", ["fray_dask", "tpu", "zephyr", "zephyr.io"])
+def test_every_public_name_resolves_and_costly_ones_load_late(package):
+    """Each package lists its public names in `__all__`; those in its `_LAZY` table load their
+    module on first use (fray_dask.exports), the rest are imported by the package itself."""
+    code = (
+        f"import importlib, sys\n"
+        f"pkg = importlib.import_module({package!r})\n"
+        "lazy = set(pkg._LAZY)\n"
+        "assert lazy <= set(pkg.__all__), lazy - set(pkg.__all__)\n"
+        "assert all(name not in vars(pkg) for name in lazy)\n"
+        "assert all(getattr(pkg, name) is not None for name in pkg.__all__)\n"
+        "assert set(pkg.__all__) <= set(dir(pkg))\n"
+    )
+    assert heavy_modules_loaded(code, ("nothing",)) == []
