@@ -87,7 +87,7 @@ class JobRecord:
                 return False
             r.status, r.worker, r.result = JobStatus.RUNNING, worker, None
             r.attempts += 1
-            self._update()
+            self.settle()
             return not self.stop_requested
 
     def ended(
@@ -123,7 +123,7 @@ class JobRecord:
                 r.status = JobStatus.PENDING
             elif r.status not in (JobStatus.SUCCEEDED, JobStatus.STOPPED):
                 r.status = JobStatus.FAILED
-            self._update()
+            self.settle()
             return retry
 
     def request_stop(self) -> bool:
@@ -135,10 +135,11 @@ class JobRecord:
             for r in self.replicas:
                 if r.status is JobStatus.PENDING:
                     r.status = JobStatus.STOPPED
-            self._update()
+            self.settle()
             return True
 
-    def _update(self) -> None:
+    def settle(self) -> None:
+        """Derives the job's status and error from its replicas' (call after changing them)."""
         states = [r.status for r in self.replicas]
         failed = [r for r in self.replicas if r.status is JobStatus.FAILED]
         if failed and self.error is None:
@@ -192,4 +193,4 @@ class JobRecord:
             for r in self.replicas:
                 if not r.status.finished():
                     r.status, r.error, r.result = JobStatus.FAILED, message, None
-            self._update()
+            self.settle()

@@ -268,7 +268,7 @@ class JobPoller:
                     other.status = JobStatus.FAILED
                 elif other.status is not JobStatus.SUCCEEDED:
                     other.status = JobStatus.STOPPED
-            record._update()
+            record.settle()
         return again
 
     def _recreate(self, job: JobState) -> None:

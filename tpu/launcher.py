@@ -219,7 +219,7 @@ class GkeTpuCluster(Cluster):
             for r in record.replicas:
                 if not r.status.finished():
                     r.status = JobStatus.STOPPED
-            record._update()
+            record.settle()
         errors = []
         for obj in reversed(job.objects):
             try:
