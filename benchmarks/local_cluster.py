@@ -17,7 +17,7 @@ def start_backend(workers: int | None) -> tuple[Any, int, Callable[[], None]]:
     from zephyr import DaskBackend
 
     if workers is None:
-        from zephyr.backends.connection import shutdown_embedded
+        from fray_dask.embedded import shutdown_embedded
 
         backend = DaskBackend()
         return backend, len(backend.client.nthreads()), shutdown_embedded

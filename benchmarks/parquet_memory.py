@@ -93,7 +93,7 @@ def add_field(doc: dict) -> dict:
 @contextlib.contextmanager
 def one_worker_cluster() -> Iterator[Any]:
     """A Client on a fresh LocalCluster of one single-threaded worker process, set up like
-    zephyr's embedded cluster (zephyr.backends.connection.embedded) but with n_workers=1."""
+    zephyr's embedded cluster (fray_dask.embedded.embedded) but with n_workers=1."""
     import distributed
     from distributed.system import MEMORY_LIMIT
 

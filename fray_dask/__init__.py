@@ -8,57 +8,44 @@ or context is used.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from fray_dask.exports import lazy_names
 
-_WHERE = {
-    "ActorHandle": "actors",
-    "ActorLostError": "actors",
-    "ActorNameNotSharedWarning": "actors",
-    "Cluster": "cluster",
-    "CpuConfig": "types",
-    "DaskCluster": "dask_cluster",
-    "DaskContext": "dask_context",
-    "DeviceConfig": "types",
-    "Entrypoint": "types",
-    "EnvironmentConfig": "types",
-    "GpuConfig": "types",
-    "IsolatedVirtualEnv": "venv",
-    "JobContext": "context",
-    "JobFailedError": "types",
-    "JobId": "types",
-    "JobInfo": "types",
-    "JobRequest": "types",
-    "JobStatus": "types",
-    "LocalCluster": "local",
-    "RemoteTraceback": "results",
-    "ResourceConfig": "types",
-    "SyncContext": "context",
-    "TaskInfo": "types",
-    "ThreadContext": "context",
-    "TpuConfig": "types",
-    "backpressure": "backpressure",
-    "cluster_from_spec": "current",
-    "create_environment": "types",
-    "current_cluster": "current",
-    "fray_job_ctx": "context",
-    "get_default_job_ctx": "context",
-    "parse_size": "sizes",
-    "set_current_cluster": "current",
-    "set_job_ctx": "context",
+_LAZY = {
+    "ActorHandle": "fray_dask.actors",
+    "ActorLostError": "fray_dask.actors",
+    "ActorNameNotSharedWarning": "fray_dask.actors",
+    "Cluster": "fray_dask.cluster",
+    "CpuConfig": "fray_dask.types",
+    "DaskCluster": "fray_dask.dask_cluster",
+    "DaskContext": "fray_dask.dask_context",
+    "DeviceConfig": "fray_dask.types",
+    "Entrypoint": "fray_dask.types",
+    "EnvironmentConfig": "fray_dask.types",
+    "GpuConfig": "fray_dask.types",
+    "IsolatedVirtualEnv": "fray_dask.venv",
+    "JobContext": "fray_dask.context",
+    "JobFailedError": "fray_dask.types",
+    "JobId": "fray_dask.types",
+    "JobInfo": "fray_dask.types",
+    "JobRequest": "fray_dask.types",
+    "JobStatus": "fray_dask.types",
+    "LocalCluster": "fray_dask.local",
+    "RemoteTraceback": "fray_dask.results",
+    "ResourceConfig": "fray_dask.types",
+    "SyncContext": "fray_dask.context",
+    "TaskInfo": "fray_dask.types",
+    "ThreadContext": "fray_dask.context",
+    "TpuConfig": "fray_dask.types",
+    "backpressure": "fray_dask.backpressure",
+    "cluster_from_spec": "fray_dask.current",
+    "create_environment": "fray_dask.types",
+    "current_cluster": "fray_dask.current",
+    "fray_job_ctx": "fray_dask.current",
+    "get_default_job_ctx": "fray_dask.current",
+    "parse_size": "fray_dask.sizes",
+    "set_current_cluster": "fray_dask.current",
+    "set_job_ctx": "fray_dask.current",
 }
 
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'fray_dask' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"fray_dask.{module}"), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__ = sorted(_LAZY)
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)

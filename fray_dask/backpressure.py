@@ -10,7 +10,8 @@ import collections
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
-from fray_dask.context import JobContext, fray_job_ctx
+from fray_dask.context import JobContext
+from fray_dask.current import fray_job_ctx
 
 T = TypeVar("T")
 R = TypeVar("R")

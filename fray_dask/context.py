@@ -1,9 +1,8 @@
 """JobContext: how code inside a job runs tasks and actors (put, get, run, wait, create_actor),
-with the in-process SyncContext and ThreadContext, and `fray_job_ctx()` that picks the context of
-the current job.
+with the in-process SyncContext and ThreadContext. Which context the code of a job gets is
+`fray_dask.current.fray_job_ctx()`; DaskContext is fray_dask.dask_context.
 
-No Dask import at module level; DaskContext (fray_dask.dask_context) is loaded when a Dask spec
-asks for it.
+No Dask import.
 """
 
 from __future__ import annotations
@@ -11,18 +10,18 @@ from __future__ import annotations
 import abc
 import concurrent.futures
 import contextlib
-import contextvars
 import os
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from fray_dask.actors import ActorHandle, ActorNameNotSharedWarning, LocalActorHandle
 
 # Actor names already warned about in this process (ActorNameNotSharedWarning, once per name).
 _WARNED_NAMES: set[str] = set()
+_WARNED_LOCK = threading.Lock()
 
 
 class JobContext(abc.ABC):
@@ -123,12 +122,12 @@ class _InProcessContext(JobContext):
     """Shared by SyncContext and ThreadContext: objects and actors live in this process; named
     actors in a dict of this context."""
 
-    def __init__(self) -> None:
+    def __init__(self, names_local_to: str | None = None) -> None:
         self._named: dict[str, LocalActorHandle] = {}
         self._named_lock = threading.Lock()
         # The cluster spec whose jobs each get a context of their own, when this context is a
         # job's on such a cluster (names then reach no other job): warned about on use.
-        self._names_local_to: str | None = None
+        self._names_local_to = names_local_to
 
     def put(self, obj: Any) -> concurrent.futures.Future[Any]:
         return _finished(obj)
@@ -171,7 +170,7 @@ class _InProcessContext(JobContext):
 
 def _warn_unshared(name: str, spec: str) -> None:
     """Warns once per name per process that `name` is shared by nobody outside this process."""
-    with _LOCK:
+    with _WARNED_LOCK:
         if name in _WARNED_NAMES:
             return
         _WARNED_NAMES.add(name)
@@ -204,8 +203,11 @@ class ThreadContext(_InProcessContext):
     """Tasks run on a pool of `max_workers` threads in this process; each actor has a thread of
     its own, so its methods run one at a time."""
 
-    def __init__(self, max_workers: int | None = None):
-        super().__init__()
+    def __init__(self, max_workers: int | None = None, *, names_local_to: str | None = None):
+        """`names_local_to`: the cluster spec of the job this context serves when every job there
+        is a process of its own (`local`), so named actors are shared by no other job: creating
+        one with get_if_exists=True then warns (ActorNameNotSharedWarning)."""
+        super().__init__(names_local_to)
         self.max_workers = max_workers or min(32, (os.cpu_count() or 1) + 4)
         self._pool = concurrent.futures.ThreadPoolExecutor(
             self.max_workers, thread_name_prefix="fray-task"
@@ -225,73 +227,3 @@ class ThreadContext(_InProcessContext):
         self._pool.shutdown(wait=True)
         for pool in self._actor_pools:
             pool.shutdown(wait=True)
-
-
-# -- the current job's context ----------------------------------------------------------------
-
-_JOB_CTX: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar(
-    "fray_job_ctx", default=None
-)
-_BY_SPEC: dict[str, JobContext] = {}
-_LOCK = threading.Lock()
-
-
-def _context_for_spec(spec: str) -> JobContext:
-    from fray_dask.current import cluster_from_spec, parse_spec
-
-    scheme, params = parse_spec(spec)
-    if scheme == "dask":
-        from fray_dask.current import _address, _timeout
-        from fray_dask.dask_cluster import CONNECT_TIMEOUT
-        from fray_dask.dask_context import DaskContext
-
-        return DaskContext(_address(params), _timeout(params, CONNECT_TIMEOUT))
-    if scheme == "kube":  # the Dask cluster the spec starts or joins
-        from fray_dask.dask_context import DaskContext
-        from zephyr.backends.kube import connect
-
-        return DaskContext(connect(spec).client)
-    if scheme in ("local", "gke", "tpu-local"):
-        # A job's tasks run in its own process: a LocalCluster child, a GKE pod, a local TPU host.
-        ctx = ThreadContext()
-        if scheme == "local":  # another job on it would expect to find this one's named actors
-            ctx._names_local_to = spec
-        return ctx
-    cluster_from_spec(spec)  # raises for an unknown spec, listing the valid ones
-    return ThreadContext()
-
-
-def fray_job_ctx() -> JobContext:
-    """The context of the current job: one set with `set_job_ctx`, else the one matching the
-    current cluster (a DaskContext on the same Dask cluster inside a DaskCluster job, a
-    ThreadContext in a LocalCluster job), else a DaskContext on the embedded cluster."""
-    ctx = _JOB_CTX.get()
-    if ctx is not None:
-        return ctx
-    from fray_dask.current import _CURRENT, DEFAULT_SPEC, SPEC_VARIABLE
-
-    cluster = _CURRENT.get()
-    if cluster is not None:
-        spec = cluster.spec
-    else:
-        spec = os.environ.get(SPEC_VARIABLE, "").strip() or DEFAULT_SPEC
-    with _LOCK:
-        ctx = _BY_SPEC.get(spec)
-        if ctx is None:
-            ctx = _BY_SPEC[spec] = _context_for_spec(spec)
-        return ctx
-
-
-get_default_job_ctx = fray_job_ctx
-
-
-@contextlib.contextmanager
-def set_job_ctx(ctx: JobContext) -> Iterator[JobContext]:
-    """Within the block, `fray_job_ctx()` returns `ctx`."""
-    if not isinstance(ctx, JobContext):
-        raise TypeError(f"set_job_ctx needs a JobContext, got {type(ctx).__name__}")
-    token = _JOB_CTX.set(ctx)
-    try:
-        yield ctx
-    finally:
-        _JOB_CTX.reset(token)

@@ -1,56 +1,45 @@
 """DaskCluster: each replica of a job is a Dask task that holds the job's resources (CPU, MEMORY,
-GPU, TPU) on its worker while the job's own child process runs there.
+GPU, TPU) on its worker while the job's own child process runs there (fray_dask.dask_replica).
 
 A task running for more than a second secedes from the worker's thread pool, so a job occupies
 resources, not a thread: tasks the job submits itself (fray_job_ctx(), zephyr) can run on the same
-worker. Log
-lines, start notices and outcomes travel as Dask events on one topic (the task's result is only a
-fallback). Where a replica goes is decided by fray_dask.placement, not by Dask.
+worker. Log lines, start notices and outcomes travel as Dask events on one topic (the task's result
+is only a fallback). Where a replica goes is decided by fray_dask.placement, not by Dask.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import threading
 import time
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 import distributed
 from distributed import Client
 
 from fray_dask.cluster import Cluster, JobRecord, new_job_id, replica_count
+from fray_dask.connect import connect
+from fray_dask.connection import CONNECT_TIMEOUT
+from fray_dask.dask_replica import LOG_TOPIC, kill_job, run_replica
 from fray_dask.environment import check_request
 from fray_dask.placement import Dispatcher, Pending, usage
-from fray_dask.process import Launch, Outcome, ReplicaProcess, serialize_entrypoint
+from fray_dask.process import Launch, Outcome, serialize_entrypoint
 from fray_dask.resources import check_satisfiable, dask_resources
 from fray_dask.types import JobId, JobRequest, JobStatus
 from fray_dask.workdirs import sweep_stale_workdirs
 
 logger = logging.getLogger("fray_dask")
 
-LOG_TOPIC = "fray-job-events"
-# Seconds to reach a scheduler (an unreachable one is an error within 10 s, start-up included),
-# and for how long a connected scheduler may be out of reach before unfinished jobs fail.
-CONNECT_TIMEOUT = 8.0
+# CONNECT_TIMEOUT (fray_dask.connection) is also for how long a connected scheduler may be out of
+# reach before unfinished jobs fail.
 # How long a finished replica's result may wait for its last log lines to arrive.
 LINES_GRACE_SECONDS = 5.0
-# A replica's saved return value (pickled) up to this size travels in its "ended" event; a larger
-# one is fetched from the task's result instead (the scheduler keeps recent events in memory).
-RESULT_EVENT_BYTES = 64 * 1024
 
-# -- worker side ------------------------------------------------------------------------------
-# The replica processes running in this worker process, by job id, and the jobs told to stop
-# (so a replica that starts after terminate() does not run).
-_RUNNING: dict[str, set[ReplicaProcess]] = {}
-_STOPPED: collections.deque[str] = collections.deque(maxlen=10_000)
-_WORKER_LOCK = threading.Lock()
-_SWEPT = threading.Event()  # this worker process swept stale replica work dirs at its first job
-
-# Driver side: the DaskCluster that launched each job, for routing events. A client has one
-# handler per topic, and several DaskCluster objects may share the embedded cluster's client.
+# The DaskCluster that launched each job, for routing events. A client has one handler per
+# topic, and several DaskCluster objects may share the embedded cluster's client.
 _DRIVERS: dict[str, DaskCluster] = {}
 _SUBSCRIBED: weakref.WeakSet[Client] = weakref.WeakSet()
 _DRIVERS_LOCK = threading.Lock()
@@ -65,94 +54,23 @@ def _route_event(event: tuple[float, dict[str, Any]]) -> None:
         cluster._on_event(msg)
 
 
-def _run_replica(launch: Launch, attempt: int) -> Outcome:
-    """The Dask task of one replica: announces itself, secedes, runs the child to its end."""
-    worker = distributed.get_worker()
-    ids = {"job": launch.job_id, "replica": launch.replica, "attempt": attempt}
-    if not _SWEPT.is_set():  # left by a worker process that died on this machine
-        _SWEPT.set()
-        sweep_stale_workdirs()
-
-    def send(lines: list[str]) -> None:
-        worker.log_event(LOG_TOPIC, {"kind": "lines", "lines": lines, **ids})
-
-    # A replica that runs for more than a second leaves the worker's thread pool (it keeps its
-    # resources), so tasks the job submits itself find a thread; until then they wait at most a
-    # second. Seceding at once would cost every short job extra scheduler work.
-    process = ReplicaProcess(launch, send, on_long=distributed.secede, long_after=1.0)
-    with _WORKER_LOCK:
-        if launch.job_id in _STOPPED:
-            return Outcome(JobStatus.STOPPED, "stopped before it started")
-        _RUNNING.setdefault(launch.job_id, set()).add(process)
-    try:
-        worker.log_event(LOG_TOPIC, {"kind": "started", "worker": worker.address, **ids})
-        outcome = process.run()
-        # The outcome also travels as an event, ahead of the task's end on the same streams, so
-        # the driver need not fetch the result from the worker (a round trip per job).
-        small = outcome.result is None or len(outcome.result) <= RESULT_EVENT_BYTES
-        ended = {
-            "kind": "ended",
-            "status": outcome.status.value,
-            "error": outcome.error_message,
-            "exit_code": outcome.exit_code,
-            "lines": outcome.lines,
-            "result": outcome.result if small else None,
-            "result_in_task": not small,
-        }
-        worker.log_event(LOG_TOPIC, {**ended, **ids})
-        return outcome
-    finally:
-        with _WORKER_LOCK:
-            running = _RUNNING.get(launch.job_id, set())
-            running.discard(process)
-            if not running:
-                _RUNNING.pop(launch.job_id, None)
-
-
 def _task_key(job_id: str, replica: int, attempt: int) -> str:
     return f"fray-job-{job_id}-replica-{replica}-attempt-{attempt}"
 
 
-def _kill_job(job_id: str) -> int:
-    """Run on every worker by terminate(): stops the job's processes there; returns how many."""
-    with _WORKER_LOCK:
-        _STOPPED.append(job_id)
-        processes = list(_RUNNING.get(job_id, ()))
-    for process in processes:
-        process.kill()
-    return len(processes)
+@dataclass
+class _Attempt:
+    """What the driver knows of a replica's current attempt (one Dask task, run_replica). Events
+    naming an earlier attempt of the replica are not recorded here."""
+
+    number: int  # 1, then one more for every retry
+    future: distributed.Future | None = None  # None before submission and once it ended for good
+    starts: int = 0  # times seen starting; a second start is the scheduler running it again
+    lines: int = 0  # log lines received from it
+    outcome: Outcome | None = None  # from its "ended" event, unless its result was too big for one
 
 
 # -- driver side ------------------------------------------------------------------------------
-
-
-def connect(address: str | Client | None, timeout: float) -> tuple[Client, bool]:
-    """A client for `address` and whether the caller owns it. None means the worker's own
-    cluster inside a Dask task, else the embedded LocalCluster shared with zephyr. An unreachable
-    scheduler raises ConnectionError within `timeout` s."""
-    if isinstance(address, Client):
-        return address, False
-    if address is None:
-        with contextlib.suppress(ValueError):  # inside a Dask task: that task's own cluster
-            distributed.get_worker()
-            return distributed.get_client(), False
-        from zephyr.backends.connection import embedded
-
-        return embedded().client, False
-    try:
-        distributed.comm.get_address_host_port(address)
-    except ValueError as e:  # checked first: a failed Client stalls interpreter exit for 16 s
-        raise ValueError(
-            f"{address!r} is not a Dask scheduler address ({e}); write tcp://host:8786"
-        ) from None
-    try:
-        return Client(address, timeout=timeout, set_as_default=False), True
-    except Exception as e:  # refused, timed out, or something else answered the port
-        raise ConnectionError(
-            f"cannot reach the Dask scheduler at {address!r} within {timeout:g} s "
-            f"({type(e).__name__}: {str(e)[:200]}); check the address and that `dask "
-            "scheduler` runs there, or use FRAY_CLUSTER_SPEC=dask for an embedded local cluster"
-        ) from None
 
 
 class DaskCluster(Cluster):
@@ -168,14 +86,14 @@ class DaskCluster(Cluster):
     def __init__(self, address: str | Client | None = None, timeout: float = CONNECT_TIMEOUT):
         super().__init__()
         sweep_stale_workdirs()  # those of dead drivers and workers on this machine
-        self.client, self._owns_client = connect(address, timeout)
+        self._conn = connect(address, timeout)  # shared with every other user in this process
+        self.client = self._conn.client
         self.timeout = timeout
         self.address = self.client.scheduler.address
         self.spec = f"dask?address={self.address}"
-        self._futures: dict[tuple[JobId, int], distributed.Future] = {}
-        self._started: dict[tuple[JobId, int], int] = {}  # the attempt last seen starting
-        self._line_counts: collections.Counter[tuple[JobId, int, int]] = collections.Counter()
-        self._outcomes: dict[tuple[JobId, int, int], Outcome] = {}
+        # Each replica's current attempt, under `_lock` (the event loop and Dask's callback
+        # thread both update them).
+        self._attempts: dict[tuple[JobId, int], _Attempt] = {}
         self._lost_since: float | None = None
         self._lock = threading.Lock()
         self._workers_cache: tuple[float, list[dict[str, Any]]] = (0.0, [])
@@ -245,9 +163,14 @@ class DaskCluster(Cluster):
         """Queues a replica; the dispatcher submits it once a worker has `resources` free."""
 
         def submit(worker: str) -> None:
+            # The attempt is recorded before its task exists, so no event of it finds the last
+            # attempt's record instead.
+            current = _Attempt(attempt)
+            with self._lock:
+                self._attempts[(record.job_id, launch.replica)] = current
             # Pinned loosely: if `worker` is gone by then, Dask may use any worker that fits.
             future = self.client.submit(
-                _run_replica,
+                run_replica,
                 launch,
                 attempt,
                 key=key,
@@ -258,8 +181,8 @@ class DaskCluster(Cluster):
                 retries=0,
             )
             with self._lock:
-                self._futures[(record.job_id, launch.replica)] = future
-            future.add_done_callback(lambda f: self._on_done(record, launch, resources, attempt, f))
+                current.future = future
+            future.add_done_callback(lambda f: self._on_done(record, launch, resources, current, f))
 
         key = _task_key(record.job_id, launch.replica, attempt)
         cancelled = lambda: record.stop_requested or record.status.finished()  # noqa: E731
@@ -273,37 +196,42 @@ class DaskCluster(Cluster):
         if record is None or (record.status.finished() and msg["kind"] != "lines"):
             return
         replica, attempt = msg["replica"], msg["attempt"]
+        with self._lock:
+            current = self._attempts.get((record.job_id, replica))
+            if current is not None and current.number != attempt:
+                current = None  # an earlier attempt's late event: only its lines still count
         if msg["kind"] == "lines":
             record.add_lines(replica, msg["lines"])
-            with self._lock:
-                self._line_counts[(record.job_id, replica, attempt)] += len(msg["lines"])
-        elif msg["kind"] == "ended":
-            status = JobStatus(msg["status"])
-            outcome = Outcome(status, msg["error"], msg["exit_code"], msg["lines"], msg["result"])
-            if not msg["result_in_task"]:  # else _on_done reads the outcome from the task
+            if current is not None:
                 with self._lock:
-                    self._outcomes[(record.job_id, replica, attempt)] = outcome
+                    current.lines += len(msg["lines"])
+        elif msg["kind"] == "ended":
+            if current is not None and not msg["result_in_task"]:  # else _on_done reads the task
+                status = JobStatus(msg["status"])
+                outcome = Outcome(
+                    status, msg["error"], msg["exit_code"], msg["lines"], msg["result"]
+                )
+                with self._lock:
+                    current.outcome = outcome
             # Its process has exited: the next replica may head for this worker now (the task
             # frees the resources a moment later, before that replica can arrive).
             self._dispatcher.release(_task_key(record.job_id, replica, attempt))
-        elif msg["kind"] == "started":
+        elif msg["kind"] == "started" and current is not None:
             with self._lock:
-                seen = self._started.get((record.job_id, replica), 0)
-                self._started[(record.job_id, replica)] = max(seen, attempt)
-            if attempt > seen:
-                record.started(replica, msg["worker"])
-            elif attempt == seen:
+                current.starts += 1
+                again = current.starts > 1
+            if again:
                 # The scheduler re-ran this attempt after its worker died
                 # (distributed.scheduler.allowed-failures > 0): a preemption.
                 record.ended(replica, Outcome(JobStatus.FAILED, "worker lost"), preempted=True)
-                record.started(replica, msg["worker"])
+            record.started(replica, msg["worker"])
 
     def _on_done(
         self,
         record: JobRecord,
         launch: Launch,
         resources: dict[str, float],
-        attempt: int,
+        attempt: _Attempt,
         future: distributed.Future,
     ) -> None:
         """Runs in Dask's callback thread once a replica's task ended, however it ended."""
@@ -313,7 +241,7 @@ class DaskCluster(Cluster):
         try:
             if future.status == "finished":
                 with self._lock:
-                    outcome = self._outcomes.pop((record.job_id, index, attempt), None)
+                    outcome, attempt.outcome = attempt.outcome, None
                 if outcome is None:  # its event did not come first after all
                     outcome = future.result()
                 self._await_lines(record.job_id, index, attempt, outcome.lines)
@@ -328,37 +256,35 @@ class DaskCluster(Cluster):
         except Exception as e:  # the scheduler went away: the replica's fate is unknown
             outcome = Outcome(JobStatus.FAILED, f"lost contact with the Dask cluster: {e}")
         with self._lock:
-            seen = self._started.get((record.job_id, index), 0)
-            self._started[(record.job_id, index)] = max(seen, attempt)
-        if seen < attempt and outcome.status is not JobStatus.STOPPED:
+            unseen = attempt.starts == 0
+            attempt.starts = max(attempt.starts, 1)
+        if unseen and outcome.status is not JobStatus.STOPPED:
             record.started(index, None)  # its start notice is still in flight
         if record.ended(index, outcome, preempted=preempted):
             with contextlib.suppress(Exception):
-                self._submit(record, launch, resources, attempt + 1)
+                self._submit(record, launch, resources, attempt.number + 1)
                 return
             record.ended(index, Outcome(JobStatus.FAILED, "cannot resubmit: client closed"))
         with self._lock:
-            self._futures.pop((record.job_id, index), None)
+            attempt.future = None
         if record.has_failed_replica and record.request_stop():
             self._stop(record)
         if record.status.finished():
             self._forget(record.job_id)
 
     def _forget(self, job_id: JobId) -> None:
-        """Drops a finished job's routing and bookkeeping (its record, logs and info stay)."""
+        """Drops a finished job's routing and attempts (its record, logs and info stay)."""
         with _DRIVERS_LOCK:
             _DRIVERS.pop(job_id, None)
         with self._lock:
-            for table in (self._started, self._outcomes, self._line_counts):
-                for key in [k for k in table if k[0] == job_id]:
-                    del table[key]
+            for key in [k for k in self._attempts if k[0] == job_id]:
+                del self._attempts[key]
 
-    def _await_lines(self, job_id: JobId, replica: int, attempt: int, expected: int) -> None:
+    def _await_lines(self, job_id: JobId, replica: int, attempt: _Attempt, expected: int) -> None:
         deadline = time.monotonic() + LINES_GRACE_SECONDS
         while time.monotonic() < deadline:
             with self._lock:
-                if self._line_counts[(job_id, replica, attempt)] >= expected:
-                    del self._line_counts[(job_id, replica, attempt)]
+                if attempt.lines >= expected:
                     return
             time.sleep(0.005)
         logger.warning("job %s replica %d: some log lines did not arrive", job_id, replica)
@@ -385,9 +311,13 @@ class DaskCluster(Cluster):
     def _stop(self, record: JobRecord) -> None:
         """Kills the job's processes on every worker, then cancels replicas not yet started."""
         with contextlib.suppress(Exception):
-            self.client.run(_kill_job, record.job_id, on_error="ignore")
+            self.client.run(kill_job, record.job_id, on_error="ignore")
         with self._lock:
-            futures = {i: f for (job, i), f in self._futures.items() if job == record.job_id}
+            futures = {
+                i: a.future
+                for (job, i), a in self._attempts.items()
+                if job == record.job_id and a.future is not None
+            }
         tasks = record.info().tasks
         pending = [f for i, f in futures.items() if tasks[i].status is not JobStatus.RUNNING]
         if pending:
@@ -395,14 +325,13 @@ class DaskCluster(Cluster):
                 self.client.cancel(pending)
 
     def close(self) -> None:
-        """Terminates running jobs; closes the client if this cluster opened it."""
+        """Terminates running jobs; releases the connection (the client closes with its last
+        user, unless it is the embedded cluster's or one the caller handed in)."""
         super().close()
         self._dispatcher.close()
         with _DRIVERS_LOCK:
             for job_id in [j for j, c in _DRIVERS.items() if c is self]:
                 del _DRIVERS[job_id]
-            if self._owns_client:
+        if self._conn.release():  # this was the client's last user: it is closed now
+            with _DRIVERS_LOCK:
                 _SUBSCRIBED.discard(self.client)
-        if self._owns_client:
-            with contextlib.suppress(Exception):
-                self.client.close(timeout=10)

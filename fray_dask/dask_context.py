@@ -19,7 +19,9 @@ import distributed.worker
 from distributed import Client
 
 from fray_dask.actors import ActorHandle, ActorLostError
-from fray_dask.context import JobContext, fray_job_ctx
+from fray_dask.connect import connect
+from fray_dask.connection import CONNECT_TIMEOUT
+from fray_dask.context import JobContext
 from fray_dask.placement import actor_hosts, fits
 from fray_dask.resources import NON_PREEMPTIBLE
 
@@ -105,9 +107,12 @@ class DaskActorHandle(ActorHandle):
         actor: distributed.Actor,
         client: Client | None = None,
         future: distributed.Future | None = None,
+        scheduler: str | None = None,
     ):
         super().__init__(cls, name)
         self._actor = actor
+        # Where a copy unpickled in another process connects to reach the actor.
+        self._scheduler = client.scheduler.address if client is not None else scheduler
         # An unnamed actor lives as long as its creator holds this future (as in Ray, where an
         # unnamed actor dies with its owner's handles); a named one is held by its Variable.
         self._future = future
@@ -115,7 +120,10 @@ class DaskActorHandle(ActorHandle):
             _bind(actor, client)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (DaskActorHandle, (self._cls, self._name, self._actor))
+        return (
+            DaskActorHandle,
+            (self._cls, self._name, self._actor, None, None, self._scheduler),
+        )
 
     @property
     def worker(self) -> str:
@@ -126,15 +134,14 @@ class DaskActorHandle(ActorHandle):
         if self._actor._client is None and self._actor._worker is None:
             self._actor._try_bind_worker_client()  # unpickled outside the task that runs now
         if self._actor._client is None and self._actor._worker is None:
-            # Unpickled in a process whose client is not Dask's default (ours never are).
-            ctx = fray_job_ctx()
-            if not isinstance(ctx, DaskContext):
+            # Unpickled in a process whose client is not Dask's default (ours never are): the
+            # process's connection to the actor's scheduler, kept for the life of the process.
+            if self._scheduler is None:
                 raise RuntimeError(
-                    f"actor {self.actor_name} lives on a Dask cluster, but this process's job "
-                    f"context is {type(ctx).__name__}; call it from a DaskCluster job or "
-                    "within set_job_ctx(DaskContext(address))"
+                    f"actor {self.actor_name} has no scheduler address to reach it by; pass the "
+                    "handle that create_actor returned"
                 )
-            _bind(self._actor, ctx.client)
+            _bind(self._actor, connect(self._scheduler, CONNECT_TIMEOUT).client)
         try:
             future = getattr(self._actor, method)(*args, **kwargs)
         except OSError as e:
@@ -191,10 +198,9 @@ class DaskContext(JobContext):
     `DaskContext("tcp://host:8786")` a running scheduler, `DaskContext(client)` a client."""
 
     def __init__(self, address: str | Client | None = None, timeout: float | None = None):
-        from fray_dask.dask_cluster import CONNECT_TIMEOUT, connect
-
         timeout = CONNECT_TIMEOUT if timeout is None else timeout
-        self.client, self._owns_client = connect(address, timeout)
+        self._conn = connect(address, timeout)  # shared with every other user in this process
+        self.client = self._conn.client
 
     def __repr__(self) -> str:
         return f"DaskContext({self.client.scheduler.address!r})"
@@ -366,8 +372,7 @@ class DaskContext(JobContext):
         return DaskActorHandle(cls, name, actor, self.client, future), future
 
     def close(self) -> None:
-        if self._owns_client:
-            self.client.close(timeout=10)
+        self._conn.release()
 
 
 def _call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -1,4 +1,5 @@
-"""A ResourceConfig as Dask worker resources, and the check that some worker can ever hold them.
+"""A ResourceConfig as Dask worker resources, and the one check (for fray jobs and actors and
+zephyr's tasks alike) that some worker can ever hold a request.
 
 Imports no Dask. Workers advertise `CPU`, `MEMORY` (bytes), `GPU`, `TPU` (chips) and, when they
 cannot be preempted, `NON_PREEMPTIBLE`; a task asking for a resource no worker advertises would
@@ -40,7 +41,7 @@ def _show(name: str, amount: float) -> str:
     if name == NON_PREEMPTIBLE:
         return "a NON_PREEMPTIBLE worker"
     if name == "MEMORY":
-        return f"MEMORY={format_size(int(amount))}"
+        return f"MEMORY={format_size(amount)}"
     return f"{name}={amount:g}"
 
 
@@ -61,26 +62,46 @@ def check_placeable(
     *,
     tpu: bool = False,
 ) -> None:
-    """Raises ValueError if no worker advertises at least `needed` of every resource: the rule,
-    what was asked, the most any worker offers and how to fix it."""
-    available = workers()
-    for info in available:
+    """Raises ValueError (the message of `unplaceable`) if no worker offers at least `needed` of
+    every resource; `workers` is called once for the workers' info dicts."""
+    problem = unplaceable(what, needed, workers(), tpu=tpu)
+    if problem:
+        raise ValueError(problem)
+
+
+def unplaceable(
+    what: str,
+    needed: dict[str, float],
+    workers: list[dict[str, Any]],
+    *,
+    fix: str | None = None,
+    tpu: bool = False,
+) -> str | None:
+    """Why no worker can ever run `what`, which holds `needed` resources while it runs, or None
+    if some worker advertises at least that much of each. `workers` are info dicts as
+    `Client.scheduler_info()["workers"]` gives them.
+
+    The one check zephyr's tasks and fray_dask's jobs and actors go through. The message says the
+    rule, what was asked, the most any worker offers, then how to ask for less (`fix`, in the
+    caller's words) or which workers to add; for a missing NON_PREEMPTIBLE or TPU worker, that.
+    """
+    for info in workers:
         offered = info.get("resources") or {}
         if all(name in offered and offered[name] >= amount for name, amount in needed.items()):
-            return
+            return None
     asked = ", ".join(_show(k, v) for k, v in needed.items()) or "nothing"
-    if not available:
-        raise ValueError(
+    if not workers:
+        return (
             f"{what} cannot be placed: the Dask cluster has no workers; start workers with "
             "`dask worker <scheduler> --resources 'CPU=4,MEMORY=16e9'`"
         )
     best = []
     for name in needed:
-        amounts = [(w.get("resources") or {}).get(name) for w in available]
+        amounts = [(w.get("resources") or {}).get(name) for w in workers]
         amounts = [a for a in amounts if a is not None]
         best.append(_show(name, max(amounts)) if amounts else f"no {name}")
     if NON_PREEMPTIBLE in needed and not any(
-        NON_PREEMPTIBLE in (w.get("resources") or {}) for w in available
+        NON_PREEMPTIBLE in (w.get("resources") or {}) for w in workers
     ):
         fix = (
             f"start a worker with `--resources '{NON_PREEMPTIBLE}=1'` on a machine that is not "
@@ -92,12 +113,13 @@ def check_placeable(
             "`--resources 'TPU=<chips per host>'`"
         )
     else:
+        less = fix or "ask for less (ResourceConfig(cpu=..., ram=...), num_cpus=...)"
         fix = (
-            "ask for less (ResourceConfig(cpu=..., ram=...), num_cpus=...), or add workers with "
-            f"`dask worker <scheduler> --resources '{_advertise(needed)}'`"
+            f"{less}, or add workers with `dask worker <scheduler> --resources "
+            f"'{_advertise(needed)}'`"
         )
-    raise ValueError(
-        f"{what} cannot be placed: it needs {asked}, but none of the {len(available)} workers "
+    return (
+        f"{what} cannot be placed: it needs {asked}, but none of the {len(workers)} Dask workers "
         f"offers that (the most any worker offers: {', '.join(best)}); {fix}"
     )
 

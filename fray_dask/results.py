@@ -12,7 +12,7 @@ from fray_dask.secrets import mask
 from fray_dask.types import JobFailedError, JobStatus
 
 if TYPE_CHECKING:
-    from fray_dask.cluster import JobRecord
+    from fray_dask.job_record import JobRecord
 
 
 class RemoteTraceback(Exception):

@@ -15,7 +15,7 @@ from zephyr import SyncBackend, ThreadBackend
 @pytest.fixture(scope="session")
 def dask_backend():
     """A DaskBackend on the embedded LocalCluster (2 single-threaded worker processes here)."""
-    from zephyr.backends.connection import shutdown_embedded
+    from fray_dask.embedded import shutdown_embedded
     from zephyr.backends.dask import DaskBackend
 
     logging.getLogger("distributed").setLevel(logging.WARNING)
@@ -45,10 +45,11 @@ def _open_clients() -> set[int]:
         return set()
     from distributed.client import _global_clients
 
-    from zephyr.backends import connection
+    from fray_dask.embedded import running_embedded
 
     # The embedded cluster's client lives for the whole process by design.
-    shared = connection._EMBEDDED.client if connection._EMBEDDED is not None else None
+    embedded = running_embedded()
+    shared = embedded.client if embedded is not None else None
     return {
         id(c) for c in list(_global_clients.values()) if c.status == "running" and c is not shared
     }

@@ -1,37 +1,41 @@
-"""tpu: TPU slices (the table shared with fray_dask.TpuConfig), their GKE manifests, the GKE
-launcher behind the fray_dask Cluster API, and a local emulation of a slice.
+"""tpu: TPU slices (the table is fray_dask.topology's, named here too), their GKE manifests, the
+GKE launcher behind the fray_dask Cluster API, and a local emulation of a slice.
 
-Names load on first use (PEP 562): `import tpu` imports neither Kubernetes nor Dask.
+Names load on first use (PEP 562, as fray_dask.exports does it): `import tpu` imports neither
+Kubernetes nor Dask.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any
 
-_WHERE = {
-    "TPU_TYPES": "topology",
-    "TpuTopology": "topology",
-    "all_topologies": "topology",
-    "check_multislice": "topology",
-    "check_topology": "topology",
-    "get_topology": "topology",
-    "build_manifests": "manifests",
-    "render_yaml": "manifests",
-    "secret_manifest": "manifests",
-    "GkeTpuCluster": "launcher",
-    "LocalTpuCluster": "local",
+_LAZY = {
+    "TPU_TYPES": "fray_dask.topology",
+    "TpuTopology": "fray_dask.topology",
+    "all_topologies": "fray_dask.topology",
+    "check_multislice": "fray_dask.topology",
+    "check_topology": "fray_dask.topology",
+    "get_topology": "fray_dask.topology",
+    "build_manifests": "tpu.manifests",
+    "render_yaml": "tpu.manifests",
+    "secret_manifest": "tpu.manifests",
+    "GkeTpuCluster": "tpu.launcher",
+    "LocalTpuCluster": "tpu.local",
 }
 
-__all__ = sorted(_WHERE)
+__all__ = sorted(_LAZY)
 
 
+# fray_dask.exports.lazy_names, spelled out: a TPU pod runs `python -m tpu.run`, which must load
+# nothing beyond the standard library and cloudpickle (not even the fray_dask package).
 def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
+    source = _LAZY.get(name)
+    if source is None:
         raise AttributeError(f"module 'tpu' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"tpu.{module}"), name)
-    globals()[name] = value
+    value = getattr(importlib.import_module(source), name)
+    setattr(sys.modules[__name__], name, value)
     return value
 
 

@@ -12,7 +12,7 @@ from functools import partial
 from typing import Any
 
 from fray_dask.secrets import mask
-from tpu.manifests import JOB_LABEL
+from tpu.k8s_names import JOB_LABEL
 
 __all__ = ["GkeApiError", "KubeApi", "creation_error", "load_client"]
 

@@ -15,8 +15,8 @@ from fray_dask.environment import check_request
 from fray_dask.local import LocalCluster
 from fray_dask.process import Launch, Outcome, ReplicaProcess, serialize_entrypoint
 from fray_dask.types import EnvironmentConfig, JobId, JobRequest, JobStatus
+from tpu.k8s_names import k8s_name
 from tpu.local_pods import LocalPod, local_pods, require_tpu
-from tpu.manifests import k8s_name
 
 __all__ = ["LocalTpuCluster", "cluster_from_params"]
 

@@ -14,7 +14,9 @@ from typing import Any
 
 from fray_dask.cluster import replica_count
 from fray_dask.types import JobRequest
-from tpu.manifests import PAYLOAD_DIR, PAYLOAD_FILE, build_manifests, k8s_name, secret_manifest
+from tpu.k8s_names import k8s_name
+from tpu.manifests import build_manifests, secret_manifest
+from tpu.pod_template import PAYLOAD_DIR, PAYLOAD_FILE
 
 __all__ = ["LOCALHOST", "LocalPod", "expand", "local_pods", "resolve_env"]
 

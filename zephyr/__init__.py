@@ -23,6 +23,7 @@ Example (a complete script; it writes a tiny corpus into the current folder, the
 
 import logging as _logging
 
+from fray_dask.exports import lazy_names
 from zephyr.backends.base import Backend, BackendConfig
 from zephyr.backends.config import create_backend, flow_backend, parse_memory
 from zephyr.backends.sync import SyncBackend
@@ -33,6 +34,11 @@ from zephyr.io.jsonl import load_jsonl
 from zephyr.io.readers import load_file, load_zip_members
 from zephyr.kernels import ShardInfo
 from zephyr.plan import Plan
+
+# DaskBackend loads distributed and load_parquet pyarrow, on first use: `import zephyr` stays light
+# (the CLI, and every worker unpickling a user function).
+_LAZY = {"DaskBackend": "zephyr.backends.dask", "load_parquet": "zephyr.io.parquet"}
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)
 
 __all__ = [
     "Backend",
@@ -64,17 +70,3 @@ if not _logger.handlers:
     _logger.addHandler(_handler)
     _logger.setLevel(_logging.INFO)
     _logger.propagate = False
-
-
-def __getattr__(name: str):
-    # DaskBackend imports distributed and load_parquet pyarrow: both load on first use, so
-    # `import zephyr` stays light (the CLI, and every worker unpickling a user function).
-    if name == "DaskBackend":
-        from zephyr.backends.dask import DaskBackend
-
-        return DaskBackend
-    if name == "load_parquet":  # loads pyarrow
-        from zephyr.io.parquet import load_parquet
-
-        return load_parquet
-    raise AttributeError(f"module 'zephyr' has no attribute {name!r}")

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from types import CodeType
 from typing import Any, NoReturn
 
+from fray_dask.connection import ClusterError
 from zephyr.backends.config import BACKEND_KINDS, cli_context, parse_memory
 from zephyr.errors import ZephyrError
 
@@ -37,7 +38,7 @@ def _memory(value: str) -> str:
     try:
         parse_memory(value)
     except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+        raise argparse.ArgumentTypeError(f"invalid memory size {value!r}: {e}") from None
     return value
 
 
@@ -259,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     except _UsageError as e:
         print(f"zephyr: error: {e}", file=sys.stderr)
         return 2
-    except ZephyrError as e:
+    except (ZephyrError, ClusterError) as e:
         if e.__cause__ is not None:
             _print_traceback(e, script)
         print(f"zephyr: error: {e}", file=sys.stderr)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import traceback
 from dataclasses import dataclass
 
+from fray_dask.connection import ClusterError, ClusterStartError, ClusterUnreachable
+
 _REPR_LIMIT = 200
 
 
@@ -87,3 +89,18 @@ class WrappedUserError(Exception):
     def __init__(self, failure: UserCodeFailure):
         super().__init__(failure.message)
         self.failure = failure
+
+
+class ClusterUnreachableError(ZephyrError, ClusterUnreachable):
+    """fray_dask's ClusterUnreachable raised through zephyr: the same error (a ConnectionError,
+    with the same message), and a ZephyrError like every failure of a pipeline."""
+
+
+class ClusterStartFailed(ZephyrError, ClusterStartError):
+    """fray_dask's ClusterStartError raised through zephyr (a kube? cluster did not come up)."""
+
+
+def as_zephyr_error(error: ClusterError) -> ZephyrError:
+    """`error`, from connecting to a Dask cluster, as the same error that is also a ZephyrError."""
+    kind = ClusterUnreachableError if isinstance(error, ClusterUnreachable) else ClusterStartFailed
+    return kind(str(error))

@@ -23,8 +23,8 @@ import yaml
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from zephyr.backends import kube, kube_spec
-from zephyr.backends.kube import KubeSpec, dask_cluster_manifest, parse_kube_spec, render_yaml
+from fray_dask import kube, kube_spec
+from fray_dask.kube import KubeSpec, dask_cluster_manifest, parse_kube_spec, render_yaml
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 K8S_VERSION = "1.31.0"  # the Kubernetes schemas every core object is checked against

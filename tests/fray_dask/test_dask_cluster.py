@@ -64,7 +64,7 @@ def test_requests_no_worker_can_hold_are_refused_at_launch(fray_dask_cluster):
         r"--resources 'CPU=64,MEMORY=",
     ):
         launch(cpu=64)
-    with pytest.raises(ValueError, match=r"needs CPU=1, MEMORY=4t"):
+    with pytest.raises(ValueError, match=r"needs CPU=1, MEMORY=4TB"):
         launch(ram="4t")
     with pytest.raises(ValueError, match="TPU jobs run on GKE"):
         launch(device=ResourceConfig.with_tpu("v4-8").device)

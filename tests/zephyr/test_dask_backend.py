@@ -116,14 +116,15 @@ def test_unsatisfiable_memory_fails_at_submit_time(dask_backend):
     backend = DaskBackend(memory="64TB")
     with pytest.raises(
         ZephyrError,
-        match=r"MEMORY=64TB cannot be satisfied .*largest offer MEMORY=[0-9.]+GB.*lower --memory",
+        match=r"needs MEMORY=64TB, but none of the \d+ Dask workers offers that \(the most any "
+        r"worker offers: MEMORY=[0-9.]+GB\); lower --memory",
     ):
         backend.execute(Dataset.from_list([1]).map(str))
 
 
 def test_gpu_request_on_a_cpu_only_embedded_cluster_fails_clearly(dask_backend):
     with pytest.raises(
-        ZephyrError, match=r"GPU=1 cannot be satisfied by any of the \d+ Dask workers"
+        ZephyrError, match=r"needs GPU=1, but none of the \d+ Dask workers offers that"
     ):
         DaskBackend(num_gpus=1).execute(Dataset.from_list([1]).map(str))
 
@@ -413,7 +414,7 @@ def _page_shard(x):
 
 
 def test_the_zephyr_page_shows_a_whole_stage_while_few_tasks_are_submitted(dask_backend):
-    page = dask_backend.connection.page_link
+    page = dask_backend.page_link
     assert page is not None and page.endswith("/zephyr")
     results = dask_backend.execute(Dataset.from_list(range(60)).map(_page_shard))
     assert next(results) == 0
@@ -432,7 +433,7 @@ def test_a_failed_run_shows_as_failed_on_the_zephyr_page(dask_backend):
     with pytest.raises(ZephyrError, match="raised ZeroDivisionError"):
         list(dask_backend.execute(Dataset.from_list(range(6)).map(_page_divide)))
     failed = _report(
-        dask_backend.connection.page_link,
+        dask_backend.page_link,
         ".s1.map(_page_divide)",
         lambda r: r["state"] != "running",
     )
@@ -501,8 +502,8 @@ def test_tasks_no_remaining_worker_can_run_fail_instead_of_waiting_forever():
             with pytest.raises(
                 ZephyrError,
                 match=r"stage 1 'map': 5 unfinished shard\(s\).*no worker has been able to run "
-                r"them for \d+ s \(the rule: no_worker_timeout=1 s\): resource request MEMORY=1GB "
-                r"cannot be satisfied by any of the 1 Dask workers",
+                r"them for \d+ s \(the rule: no_worker_timeout=1 s\): each task of the pipeline "
+                r"cannot be placed: it needs MEMORY=1GB, but none of the 1 Dask workers",
             ):
                 list(results)
         finally:

@@ -1,5 +1,5 @@
-"""Backend configuration: `create_backend(kind, **config)`, `flow_backend(**overrides)` and size
-parsing.
+"""Making backends: `create_backend(kind, **config)`, `flow_backend(**overrides)` and the `zephyr`
+command's `cli_context`. The one module that knows every backend kind; no backend imports it.
 
 No Dask import at module level (the Dask backend is imported when asked for).
 """
@@ -7,71 +7,25 @@ No Dask import at module level (the Dask backend is imported when asked for).
 from __future__ import annotations
 
 import contextlib
-import re
 import threading
 from collections.abc import Iterator
 from typing import Any
 
-from zephyr.backends.base import Backend, BackendConfig
+from fray_dask.connection import refusing_clusters
+from zephyr.backends.base import Backend
+from zephyr.backends.settings import CONFIG_KEYS, make_config, parse_memory
+from zephyr.errors import ZephyrError
+
+__all__ = [
+    "BACKEND_KINDS",
+    "CONFIG_KEYS",
+    "cli_context",
+    "create_backend",
+    "flow_backend",
+    "parse_memory",
+]
 
 BACKEND_KINDS = {"dask": "dask", "threads": "threads", "threadpool": "threads", "sync": "sync"}
-CONFIG_KEYS = ("address", "max_parallelism", "memory", "num_cpus", "num_gpus", "max_retries")
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?)(b?)\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
-
-
-def parse_memory(value: str | int | float | None) -> int | None:
-    """Bytes from "8GB", "512MiB", "16g", "2.5G" or a number of bytes; None stays None.
-
-    Decimal units for "GB"/"g" (1e9), binary for "GiB". A bare number below 1 MiB is refused as a
-    likely missing unit ("8" -> did you mean "8GB"?).
-    """
-    if value is None:
-        return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        number, unit, binary, bare = float(value), "", "", True
-    else:
-        match = _SIZE.match(str(value))
-        if not match:
-            raise ValueError(
-                f"invalid memory size {value!r}: use a number with a unit, like 8GB, 512MiB or 16g"
-            )
-        number, unit, binary, b = float(match[1]), match[2].lower(), match[3], match[4]
-        bare = not unit and not binary and not b
-    if bare and number < 2**20:
-        raise ValueError(
-            f"memory size {value!r} has no unit and is under 1 MiB, which is surely not meant; "
-            f"write {value}GB or {value}MB"
-        )
-    size = number * ((1024 if binary else 1000) ** _UNITS[unit])
-    return int(size)
-
-
-def _positive(name: str, value: Any, integer: bool) -> Any:
-    if value is None:
-        return None
-    kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or value < (1 if integer else 0):
-        need = "an integer >= 1" if integer else "a number >= 0"
-        raise ValueError(f"{name} must be {need}, got {value!r}")
-    return value
-
-
-def make_config(**config: Any) -> BackendConfig:
-    """A BackendConfig from user-facing keys (memory as a size string), validated."""
-    retries = config.get("max_retries")
-    if retries is not None and (
-        isinstance(retries, bool) or not isinstance(retries, int) or retries < 0
-    ):
-        raise ValueError(f"max_retries must be an integer >= 0, got {retries!r}")
-    return BackendConfig(
-        max_parallelism=_positive("max_parallelism", config.get("max_parallelism"), True),
-        memory=parse_memory(config.get("memory")),
-        num_cpus=_positive("num_cpus", config.get("num_cpus"), False),
-        num_gpus=_positive("num_gpus", config.get("num_gpus"), False),
-        max_retries=3 if retries is None else retries,
-    )
 
 
 def create_backend(kind: str = "dask", **config: Any) -> Backend:
@@ -132,10 +86,20 @@ def cli_context(kind: str, dry_run: bool = False, **config: Any) -> Iterator[Bac
     _CLI = {"kind": kind, "config": config, "backend": backend}
     Backend.dry_run = previous_dry_run or dry_run
     try:
-        yield backend
+        with refusing_clusters(_dry_run_refusal) if dry_run else contextlib.nullcontext():
+            yield backend
     finally:
         _CLI, Backend.dry_run = previous, previous_dry_run
         backend.close()
+
+
+def _dry_run_refusal(what: str) -> ZephyrError:
+    """The error for code outside a pipeline that asks for a cluster during `zephyr --dry-run`."""
+    return ZephyrError(
+        f"zephyr --dry-run starts no cluster, but the script asked for {what} outside a "
+        "pipeline (DaskBackend.client or .dashboard_link, or a fray_dask job or actor); run "
+        "without --dry-run, or skip that code when flow_backend().dry_run is True"
+    )
 
 
 def flow_backend(**overrides: Any) -> Backend:

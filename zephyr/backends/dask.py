@@ -23,11 +23,18 @@ from typing import Any
 import distributed
 from distributed import Client
 
+from fray_dask.connect import connect
+from fray_dask.connection import ClusterError, Connection
 from zephyr.backends import dask_counts
 from zephyr.backends.base import Backend, BackendConfig, ClusterLost, ClusterStalled, TaskLost
-from zephyr.backends.config import make_config
-from zephyr.backends.connection import Connection, connect
-from zephyr.backends.dask_board import StageBoard
+from zephyr.backends.dask_board import StageBoard, announce
+from zephyr.backends.dask_checks import (
+    requested_resources,
+    stall_reason,
+    task_resources,
+    wait_for_workers,
+)
+from zephyr.backends.dask_limits import close_idle
 from zephyr.backends.dask_tasks import (
     Opaque,
     cluster_view,
@@ -35,10 +42,9 @@ from zephyr.backends.dask_tasks import (
     parent_scope,
     pickle_stage,
     result_lengths,
-    semaphore,
 )
-from zephyr.backends.resources import unsatisfiable
-from zephyr.errors import ZephyrError
+from zephyr.backends.settings import make_config
+from zephyr.errors import ZephyrError, as_zephyr_error
 from zephyr.kernels import KeptCounts, TaskResult
 from zephyr.plan import Plan
 from zephyr.stages import SourceItem, Stage
@@ -83,7 +89,7 @@ class DaskBackend(Backend):
     127.0.0.1 with one single-threaded worker process per core, the dashboard on, and worker
     resources `CPU`, `MEMORY` and `GPU` advertised. A `tcp://host:8786` address or an existing
     `Client` uses that cluster; `"kube?name=x&workers=4&image=...&memory=8GB"` starts (or joins) a
-    Dask cluster on Kubernetes whose workers advertise the same resources (zephyr.backends.kube,
+    Dask cluster on Kubernetes whose workers advertise the same resources (fray_dask.kube,
     deploy/k8s/README.md). `memory`, `num_cpus` and `num_gpus` become the `MEMORY`, `CPU` and
     `GPU` resources of every task; `max_parallelism` caps how many shards of this backend run at
     once across the cluster.
@@ -110,9 +116,14 @@ class DaskBackend(Backend):
     @property
     def connection(self) -> Connection:
         # Reconnect if another backend sharing this address closed the client.
-        if self._conn is None or self._conn.client.status != "running":
-            self._conn = connect(self.address, self.connect_timeout)
-            self._conn.announce()  # the dashboard link as soon as the cluster is up
+        if self._conn is None or not self._conn.running:
+            if self._conn is not None:
+                self._conn.release()
+            try:
+                self._conn = connect(self.address, self.connect_timeout)
+            except ClusterError as e:
+                raise as_zephyr_error(e) from None
+            announce(self._conn)  # the dashboard link as soon as the cluster is up
         return self._conn
 
     @property
@@ -124,6 +135,11 @@ class DaskBackend(Backend):
     @property
     def dashboard_link(self) -> str | None:
         return self.connection.dashboard_link
+
+    @property
+    def page_link(self) -> str | None:
+        """The URL of the dashboard's Zephyr page (each stage's progress), or None without one."""
+        return announce(self.connection)
 
     @property
     def semaphore_name(self) -> str | None:
@@ -146,43 +162,17 @@ class DaskBackend(Backend):
                 parts.append(f"{name}={getattr(cfg, name)}")
         return f"DaskBackend({', '.join(parts)})"
 
-    # -- checks before submitting
+    # -- checks before submitting (zephyr.backends.dask_checks)
     def _requested_resources(self) -> dict:
         cfg = self.config
-        wanted = {"MEMORY": cfg.memory, "CPU": cfg.num_cpus, "GPU": cfg.num_gpus}
-        return {k: v for k, v in wanted.items() if v}
-
-    def _check_resources(self, workers: list[dict]) -> dict | None:
-        """The resources to annotate tasks with, after checking some worker can ever run them."""
-        wanted = self._requested_resources()
-        if not wanted:
-            return None
-        advertised = set().union(*(w.get("resources", {}) for w in workers))
-        missing = sorted(set(wanted) - advertised)
-        if missing:
-            key = ",".join(missing)
-            if key not in self._warned:
-                self._warned.add(key)
-                logger.warning(
-                    "no Dask worker advertises the resource(s) %s; running without those "
-                    'restrictions (start workers with --resources "CPU=..,MEMORY=.." to enforce '
-                    "them)",
-                    key,
-                )
-            wanted = {k: v for k, v in wanted.items() if k not in missing}
-            if not wanted:
-                return None
-        problem = unsatisfiable(wanted, workers)
-        if problem:
-            raise ZephyrError(problem)
-        return wanted
+        return requested_resources(cfg.memory, cfg.num_cpus, cfg.num_gpus)
 
     def _start_run(self, plan: Plan, run_id: str) -> _Run:
         payloads = {id(s): pickle_stage(s) for s in plan.stages}
         conn = self.connection
         run = self._new_run(conn, payloads, run_id)
         run.counts = dask_counts.listen(run.client, run.token)
-        if conn.page_link:
+        if announce(conn):
             run.board = StageBoard(conn.client, run_id, run.token, plan)
         return run
 
@@ -197,15 +187,17 @@ class DaskBackend(Backend):
         finally:
             if run.board is not None:
                 run.board.end(state)
+            # The semaphores of finished runs (this one's, its nested backends') leave the
+            # scheduler; a later run registers its own again.
+            with contextlib.suppress(Exception):
+                run.client.run_on_scheduler(close_idle)
 
     def _new_run(self, conn: Connection, payloads: dict, scope: str) -> _Run:
         # A cluster whose workers are still starting gets as long as the stall rule allows.
         rule = f"the rule: no_worker_timeout={self.no_worker_timeout:g} s"
-        workers = conn.workers(timeout=self.no_worker_timeout, rule=rule)
-        resources = self._check_resources(workers)
-        if self.config.max_parallelism:  # register the backend's cluster-wide semaphore once
-            with conn.client.as_current():
-                semaphore(self.semaphore_name, self.config.max_parallelism)
+        address = conn.address or str(self.address)
+        workers = wait_for_workers(conn.workers, address, self.no_worker_timeout, rule)
+        resources = task_resources(self._requested_resources(), workers, self._warned)
         threads = sum(w.get("nthreads", 1) for w in workers)
         return _Run(conn, uuid.uuid4().hex[:8], resources, payloads, threads, scope)
 
@@ -224,7 +216,7 @@ class DaskBackend(Backend):
         # the thread pool while it waits, so nested pools cannot deadlock on one-thread workers.
         scope = parent_scope()
         with distributed.worker_client(timeout=self.connect_timeout) as client:
-            yield self._new_run(Connection(client, None, owns=False), {id(stage): payload}, scope)
+            yield self._new_run(Connection(client, owns=False), {id(stage): payload}, scope)
 
     # -- the Backend hooks
     def _slots(self, run: _Run) -> int:
@@ -334,19 +326,8 @@ class DaskBackend(Backend):
         """Raise ClusterStalled once the tasks have waited `no_worker_timeout` s with no worker
         able to run them (no workers at all, or none with their resources)."""
         view = self._call(run, run.client.run_on_scheduler, cluster_view, [h.key for h in handles])
-        reason = None
-        if view["workers"] == 0:
-            reason = (
-                f"the Dask scheduler at {run.client.scheduler.address} has 0 workers; start "
-                "workers (dask worker <scheduler address>) or check why they died (out of "
-                "memory, preempted, killed)"
-            )
-        elif "no-worker" in view["states"]:
-            workers = self._call(run, run.conn.workers, timeout=0)
-            reason = unsatisfiable(run.resources or {}, workers) or (
-                "tasks wait in state no-worker: no connected worker satisfies their "
-                "restrictions; start workers that offer them"
-            )
+        workers = lambda: self._call(run, run.conn.workers)  # noqa: E731 - asked only if needed
+        reason = stall_reason(view, run.resources, workers, run.client.scheduler.address)
         if reason is None:
             run.stalled_since = None
             return
@@ -443,8 +424,9 @@ class DaskBackend(Backend):
         return lengths
 
     def close(self) -> None:
-        """Close this backend's own connection (an embedded cluster stays up for other backends;
-        `zephyr.backends.connection.shutdown_embedded()` stops it)."""
-        if self._conn is not None and self.address is not None and self._conn.owns:
-            self._conn.close()
+        """Release this backend's connection: the last user of an address's client closes it; the
+        embedded cluster stays up for the process (`fray_dask.embedded.shutdown_embedded()` stops
+        it)."""
+        if self._conn is not None:
+            self._conn.release()
         self._conn = None

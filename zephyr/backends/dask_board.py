@@ -1,5 +1,6 @@
-"""The driver side of the dashboard's Zephyr page: each stage's shards done of its total, sent to
-the scheduler (zephyr.backends.dask_page) as a run's tasks finish.
+"""The driver side of the dashboard's Zephyr page: the dashboard link logged once per connection
+with the page installed on the scheduler (`announce`), then each stage's shards done of its total,
+sent to the scheduler (zephyr.backends.dask_page) as a run's tasks finish.
 
 Sending never blocks the driver: a report is one message from the client's event loop, at most
 every REPORT_INTERVAL seconds and at each stage's start and end; a lost report is dropped.
@@ -8,16 +9,66 @@ every REPORT_INTERVAL seconds and at each stage's start and end; a lost report i
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
+import threading
 import time
+import weakref
 from typing import Any
 
+from fray_dask.connection import Connection
+from zephyr.backends import dask_page
 from zephyr.backends.base import TaskLost
 from zephyr.errors import UserCodeFailure
 from zephyr.plan import Plan, Stage
 
+logger = logging.getLogger("zephyr")
+
 REPORT_INTERVAL = 0.5
+PAGE_TIMEOUT = 10.0  # seconds to set up the dashboard's Zephyr page on the scheduler
+# Each connection's Zephyr page URL (None: no page), once announced.
+_PAGES: weakref.WeakKeyDictionary[Connection, str | None] = weakref.WeakKeyDictionary()
+_PAGES_LOCK = threading.Lock()
+
+
+def announce(conn: Connection) -> str | None:
+    """Logs the dashboard URL once per connection, with the Zephyr page (set up on the scheduler
+    here) that shows every stage's progress; returns that page's URL, or None without one."""
+    with _PAGES_LOCK:
+        if conn in _PAGES:
+            return _PAGES[conn]
+        _PAGES[conn] = None  # said once, even if setting up the page fails
+    link = conn.dashboard_link
+    page_link = _install_page(conn, link)
+    _PAGES[conn] = page_link
+    page = f"stage progress: {page_link}; " if page_link else ""
+    note = f"; {conn.note}" if conn.note else ""
+    logger.info("Dask dashboard: %s (%sscheduler %s%s)", link, page, conn.address, note)
+    return page_link
+
+
+def _install_page(conn: Connection, link: str | None) -> str | None:
+    """Serve the Zephyr page from the scheduler; its URL, or None where it cannot be."""
+    if link is None:
+        return None
+    client = conn.client
+    try:
+        served = client.sync(
+            client._run_on_scheduler, dask_page.install, callback_timeout=PAGE_TIMEOUT
+        )
+    except Exception as e:  # a scheduler that cannot import zephyr, or a slow one
+        logger.info(
+            "the dashboard has no Zephyr stage page: the scheduler could not set it up "
+            "(%s: %s); install zephyr-dask beside the scheduler to get it",
+            type(e).__name__,
+            e,
+        )
+        return None
+    if not served:
+        return None
+    base = link[: -len("/status")] if link.endswith("/status") else link.rstrip("/")
+    return f"{base}/{dask_page.PATH}"
 
 
 async def _post(client: Any, run: str, report: dict) -> None:

@@ -2,11 +2,11 @@
 stage payload it loads (pickled on the driver by `pickle_stage`), and the scheduler's view the
 driver's stall rule reads (`cluster_view`).
 
-Imports distributed (for the semaphore) but nothing of the driver. A task returns a TaskResult, or a
-UserCodeFailure when user code raised: failures travel as values, so Dask neither retries them nor
-logs them as a crash ("Compute Failed") on the worker; the driver sees the value's type without
-fetching it (Future.type) and raises the ZephyrError. Only infrastructure failures (a lost worker)
-make a task fail in Dask's eyes.
+Imports distributed but nothing of the driver (the max_parallelism semaphore: dask_limits). A task
+returns a TaskResult, or a UserCodeFailure when user code raised: failures travel as values, so
+Dask neither retries them nor logs them as a crash ("Compute Failed") on the worker; the driver
+sees the value's type without fetching it (Future.type) and raises the ZephyrError. Only
+infrastructure failures (a lost worker) make a task fail in Dask's eyes.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
 from typing import Any
 
 import cloudpickle
@@ -23,12 +22,12 @@ from dask.utils import key_split
 
 from fray_dask.pickling import dumps
 from zephyr.backends import dask_counts
+from zephyr.backends.dask_limits import slot
 from zephyr.errors import UserCodeFailure, ZephyrError
 from zephyr.kernels import KeptCounts, TaskResult, run_task
 from zephyr.stages import Nested, SourceItem, Stage
 
 _STAGE_CACHE: OrderedDict[str, Stage] = OrderedDict()
-_SEMAPHORES: dict[str, distributed.Semaphore] = {}
 _CACHE_LOCK = threading.Lock()
 
 
@@ -64,35 +63,6 @@ def load_stage(token: str, payload: bytes) -> Stage:
             while len(_STAGE_CACHE) > 32:
                 _STAGE_CACHE.popitem(last=False)
         return stage
-
-
-def semaphore(name: str, leases: int) -> distributed.Semaphore:
-    """The cluster-wide semaphore `name` (one object per process and name)."""
-    with _CACHE_LOCK:
-        sem = _SEMAPHORES.get(name)
-        if sem is None:
-            sem = _SEMAPHORES[name] = distributed.Semaphore(max_leases=leases, name=name)
-        return sem
-
-
-@contextlib.contextmanager
-def _slot(sem_name: str | None, leases: int) -> Iterator[None]:
-    """Hold one lease of the backend's cluster-wide semaphore. While waiting for it the task secedes
-    from the worker's thread pool, so waiting tasks never starve running ones of threads."""
-    if sem_name is None:
-        yield
-        return
-    sem = semaphore(sem_name, leases)
-    if not sem.acquire(timeout=0):
-        distributed.secede()
-        try:
-            sem.acquire()
-        finally:
-            distributed.rejoin()
-    try:
-        yield
-    finally:
-        sem.release()
 
 
 def parent_scope() -> str:
@@ -133,7 +103,7 @@ def dask_task(
     if isinstance(shards, Opaque):
         shards = shards.value
     stage = load_stage(token, payload)
-    with _slot(sem, leases):
+    with slot(sem, leases):
         result = run_task(stage, shards, keep)
     if keep and isinstance(result, TaskResult):  # kept for the next stage, not fetched
         dask_counts.report(token, result.records_in, result.records)

@@ -8,7 +8,7 @@ import threading
 from typing import Any
 
 from zephyr.backends.base import Backend, BackendConfig, logger
-from zephyr.backends.config import make_config
+from zephyr.backends.settings import make_config
 from zephyr.kernels import run_task
 from zephyr.stages import Stage
 

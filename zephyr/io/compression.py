@@ -25,12 +25,10 @@ import fsspec
 
 from zephyr.paths import compression_of
 
-try:  # a core dependency; the stdlib's zlib is the fallback where no isal wheel exists
-    from isal import igzip as _gzip
-    from isal.isal_zlib import error as _gzip_error
+try:  # a core dependency; the stdlib's gzip and zlib (the same API) are the fallback without it
+    from isal import igzip, isal_zlib
 except ImportError:  # pragma: no cover - exercised only without isal
-    _gzip = gzip
-    _gzip_error = zlib.error
+    igzip, isal_zlib = gzip, zlib
 
 GZIP_LEVEL = 1
 ZSTD_LEVEL = 3
@@ -68,7 +66,7 @@ def _stream_chunks(f: BinaryIO) -> Iterator[bytes]:
 
 def _decompressed_chunks(raw: BinaryIO, kind: str | None) -> Iterator[bytes]:
     if kind == "gzip":
-        with _gzip.GzipFile(fileobj=raw, mode="rb") as f:
+        with igzip.GzipFile(fileobj=raw, mode="rb") as f:
             yield from _stream_chunks(f)
     elif kind == "zstd":
         yield from _zstd_chunks(raw)
@@ -94,7 +92,7 @@ def _corrupt_errors() -> tuple[type[BaseException], ...]:
         EOFError,
         gzip.BadGzipFile,
         zlib.error,
-        _gzip_error,
+        isal_zlib.error,
         lzma.LZMAError,
         zstandard.ZstdError,
     )
@@ -150,7 +148,7 @@ def compressing(raw: BinaryIO, path: str) -> Iterator[BinaryIO]:
     """A stream that compresses into `raw` as `path`'s extension says (or `raw` itself)."""
     kind = compression_of(path)
     if kind == "gzip":
-        with _gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=GZIP_LEVEL, mtime=0) as f:
+        with igzip.GzipFile(fileobj=raw, mode="wb", compresslevel=GZIP_LEVEL, mtime=0) as f:
             yield f
     elif kind == "zstd":
         import zstandard

@@ -14,10 +14,10 @@ import threading
 import time
 from typing import Any
 
-from zephyr.backends.connection import Connection
-from zephyr.backends.kube_spec import (
-    _FORM,
+from fray_dask.connection import ClusterStartError, ClusterUnreachable, Connection, refuse
+from fray_dask.kube_spec import (
     DEFAULT_IMAGE,
+    FORM,
     INSTALL,
     OPERATOR_INSTALL,
     README,
@@ -29,14 +29,12 @@ from zephyr.backends.kube_spec import (
     render_yaml,
     worker_resources,
 )
-from zephyr.errors import ZephyrError
 
 __all__ = [
     "DEFAULT_IMAGE",
     "KubeSpec",
     "connect",
     "dask_cluster_manifest",
-    "fray_cluster",
     "in_cluster_address",
     "parse_kube_spec",
     "render_yaml",
@@ -44,7 +42,7 @@ __all__ = [
     "worker_resources",
 ]
 
-logger = logging.getLogger("zephyr")
+logger = logging.getLogger("fray_dask")
 
 
 # -- starting and connecting --------------------------------------------------------------------
@@ -95,7 +93,7 @@ def _kube_cluster_kwargs(spec: KubeSpec, timeout: float) -> dict[str, Any]:
     }
 
 
-def _explain(spec: KubeSpec, error: BaseException, timeout: float) -> ZephyrError:
+def _explain(spec: KubeSpec, error: BaseException, timeout: float) -> ClusterStartError:
     """A start failure as the rule, the cause and the fix."""
     text = f"{type(error).__name__}: {str(error)[:300]}"
     where = f"DaskCluster {spec.name!r} in namespace {spec.namespace!r}"
@@ -126,7 +124,7 @@ def _explain(spec: KubeSpec, error: BaseException, timeout: float) -> ZephyrErro
     else:
         why = "Kubernetes or the operator refused it"
         fix = f"check `kubectl -n {spec.namespace} get daskcluster {spec.name}` and {README}"
-    return ZephyrError(f"cannot start the {where}: {why} ({text}); {fix}")
+    return ClusterStartError(f"cannot start the {where}: {why} ({text}); {fix}")
 
 
 def _forget_failed(kube_cluster: Any, spec: KubeSpec) -> None:
@@ -167,7 +165,7 @@ def _start_with_deadline(spec: KubeSpec, timeout: float) -> Any:
             with contextlib.suppress(Exception):
                 cluster.close(timeout=30)
 
-    thread = threading.Thread(target=start, name="zephyr-kube-start", daemon=True)
+    thread = threading.Thread(target=start, name="fray-kube-start", daemon=True)
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
@@ -194,8 +192,8 @@ def start_kube_cluster(spec: KubeSpec, timeout: float | None = None) -> Connecti
     that name) and connect a Client, within `timeout` s (default `spec.timeout`); blocks.
 
     The Connection owns the client and the KubeCluster: closing it deletes the DaskCluster if this
-    call created it. Raises ImportError without dask-kubernetes, ZephyrError naming the cause and
-    the fix for missing credentials, a missing operator, refusal or timeout.
+    call created it. Raises ImportError without dask-kubernetes, and ClusterStartError naming the
+    cause and the fix for missing credentials, a missing operator, refusal or timeout.
     """
     from distributed import Client
 
@@ -204,7 +202,7 @@ def start_kube_cluster(spec: KubeSpec, timeout: float | None = None) -> Connecti
     if _credentials() is None:
         configured = os.environ.get("KUBECONFIG")
         where = f"KUBECONFIG={configured!r} does not exist" if configured else "no ~/.kube/config"
-        raise ZephyrError(
+        raise ClusterStartError(
             f"cannot start the DaskCluster {spec.name!r}: no Kubernetes credentials ({where}, and "
             "this is not a pod with a service account); run `gcloud container clusters "
             "get-credentials CLUSTER` (or your provider's equivalent) or set KUBECONFIG, and "
@@ -234,7 +232,7 @@ def start_kube_cluster(spec: KubeSpec, timeout: float | None = None) -> Connecti
         if isinstance(e, TimeoutError | OSError):
             e = TimeoutError(f"no scheduler connection or worker in time ({e})")
         raise _explain(spec, e, timeout) from e
-    return Connection(client, cluster, owns=True)
+    return Connection(client, cluster)
 
 
 _LOCK = threading.Lock()
@@ -249,10 +247,11 @@ def connect(spec: str | KubeSpec) -> Connection:
     if isinstance(spec, str):
         spec = parse_kube_spec(spec)
     key = spec.text
+    refuse(f"the Dask cluster {key!r}")
     with _LOCK:
         conn = _BY_SPEC.get(key)
-        if conn is not None and conn.client.status == "running":
-            return conn
+        if conn is not None and conn.running:
+            return conn.acquire()
         address = in_cluster_address(spec)
         if os.environ.get("DASK_SCHEDULER_ADDRESS") == address:
             from distributed import Client
@@ -260,41 +259,29 @@ def connect(spec: str | KubeSpec) -> Connection:
             try:
                 client = Client(address, timeout=spec.timeout, set_as_default=False)
             except (OSError, TimeoutError) as e:
-                raise ZephyrError(
+                raise ClusterUnreachable(
                     f"cannot reach this pod's Dask scheduler {address} within {spec.timeout:g} s "
                     f"({type(e).__name__}: {e}); check `kubectl -n {spec.namespace} get pods -l "
                     f"dask.org/cluster-name={spec.name}`"
                 ) from None
-            conn = Connection(client, None, owns=True)
+            conn = Connection(client)
         else:
             conn = start_kube_cluster(spec)
             # Registered after dask-kubernetes' own exit hook, so it runs first: the client
             # leaves before the cluster it created is deleted.
             atexit.register(conn.close)
         _BY_SPEC[key] = conn
-        return conn
-
-
-def fray_cluster(params: dict[str, str]) -> Any:
-    """The fray_dask Cluster for `FRAY_CLUSTER_SPEC=kube?...`: a DaskCluster on `connect(spec)`'s
-    client whose `spec` is the canonical kube spec, so that jobs it launches (which run on its
-    workers, where DASK_SCHEDULER_ADDRESS names the scheduler) reach the same Dask cluster."""
-    from fray_dask.dask_cluster import DaskCluster
-
-    spec = parse_kube_spec(params)
-    cluster = DaskCluster(connect(spec).client)
-    cluster.spec = spec.text
-    return cluster
+        return conn.acquire()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m zephyr.backends.kube --render [SPEC]`: print the DaskCluster YAML of SPEC
+    """`python -m fray_dask.kube --render [SPEC]`: print the DaskCluster YAML of SPEC
     (default: `kube`, every default)."""
     import argparse
 
-    parser = argparse.ArgumentParser("python -m zephyr.backends.kube", description=main.__doc__)
+    parser = argparse.ArgumentParser("python -m fray_dask.kube", description=main.__doc__)
     parser.add_argument("--render", action="store_true", help="print the DaskCluster manifest")
-    parser.add_argument("spec", nargs="?", default=SCHEME, help=_FORM)
+    parser.add_argument("spec", nargs="?", default=SCHEME, help=FORM)
     args = parser.parse_args(argv)
     if not args.render:
         parser.error("nothing to do; pass --render")

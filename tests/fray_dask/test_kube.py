@@ -1,6 +1,6 @@
-"""zephyr.backends.kube: the kube? spec, the worker resources its DaskCluster advertises (checked
-against what zephyr and fray_dask request, and by running the manifest's own `dask worker`
-command), and how starting a cluster fails without Kubernetes.
+"""fray_dask.kube and fray_dask.kube_spec: the kube? spec, the worker resources its DaskCluster
+advertises (checked against what zephyr and fray_dask request, and by running the manifest's own
+`dask worker` command), and how starting a cluster fails without Kubernetes.
 
 No Kubernetes API server runs here. A missing kubeconfig is real (KUBECONFIG names a file that
 does not exist); for "operator not installed" and "operator not running", a small in-process HTTP
@@ -26,22 +26,22 @@ import distributed
 import pytest
 import yaml
 
+from fray_dask import kube
+from fray_dask.connect import connect
+from fray_dask.connection import ClusterStartError, ClusterUnreachable
 from fray_dask.current import cluster_from_spec
-from fray_dask.resources import check_placeable, dask_resources
-from fray_dask.types import GpuConfig, ResourceConfig
-from tests.imports import heavy_modules_loaded
-from zephyr import Dataset, ZephyrError
-from zephyr.backends import kube
-from zephyr.backends.connection import connect
-from zephyr.backends.dask import DaskBackend
-from zephyr.backends.kube import (
+from fray_dask.kube import (
     DEFAULT_IMAGE,
     KubeSpec,
     dask_cluster_manifest,
     in_cluster_address,
     parse_kube_spec,
 )
-from zephyr.backends.resources import unsatisfiable
+from fray_dask.resources import check_placeable, dask_resources, unplaceable
+from fray_dask.types import GpuConfig, ResourceConfig
+from tests.imports import heavy_modules_loaded
+from zephyr import Dataset, ZephyrError
+from zephyr.backends.dask import DaskBackend
 
 # -- the spec ------------------------------------------------------------------------------------
 
@@ -98,7 +98,7 @@ def test_the_canonical_text_parses_back(spec):
         ("kube?gpu=-1", r"gpu=-1 is not a whole number >= 0"),
         ("kube?memory=8", r"memory='8' has no unit.*did you mean '8g'"),
         ("kube?memory=8 bananas", r"memory='8 bananas' is not a size"),
-        ("kube?memory=100m", r"memory='100m' is less than a Dask worker needs \(256m\)"),
+        ("kube?memory=100m", r"memory='100MB' is less than a Dask worker needs \(256MB\)"),
         ("kube?name=My_Cluster", r"name='My_Cluster' is not a DNS-1123 label.*name=zephyr"),
         ("kube?name=" + "a" * 54, r"at most 53 characters"),
         ("kube?namespace=Data", r"namespace='Data' is not a Kubernetes namespace name"),
@@ -129,7 +129,7 @@ def test_bad_specs_fail_before_any_kubernetes_call(monkeypatch, tmp_path):
 
 def test_the_spec_and_manifest_need_no_kubernetes_packages():
     code = (
-        "from zephyr.backends.kube import KubeSpec, dask_cluster_manifest, render_yaml\n"
+        "from fray_dask.kube import KubeSpec, dask_cluster_manifest, render_yaml\n"
         "render_yaml(KubeSpec(workers=3))\n"
     )
     heavy = ("kubernetes", "dask_kubernetes", "kr8s", "kopf")
@@ -139,12 +139,12 @@ def test_the_spec_and_manifest_need_no_kubernetes_packages():
 def test_the_render_command_prints_the_manifest_of_a_spec():
     text = "kube?name=etl&workers=16&cpu=4&memory=32GB"
     result = subprocess.run(
-        [sys.executable, "-m", "zephyr.backends.kube", "--render", text],
+        [sys.executable, "-m", "fray_dask.kube", "--render", text],
         capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     assert yaml.safe_load(result.stdout) == dask_cluster_manifest(parse_kube_spec(text))
     bad = subprocess.run(
-        [sys.executable, "-m", "zephyr.backends.kube", "--render", "kube?workers=0"],
+        [sys.executable, "-m", "fray_dask.kube", "--render", "kube?workers=0"],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert bad.returncode == 2 and "workers=0 is not a whole number >= 1" in bad.stderr
@@ -196,13 +196,14 @@ def test_worker_args_and_container_resources_agree():
 )
 def test_what_zephyr_and_fray_request_fits_a_worker_of_the_spec(spec, backend, job):
     workers = [{"resources": _advertised(spec)}]
-    assert unsatisfiable(backend._requested_resources(), workers) is None
+    assert unplaceable("task", backend._requested_resources(), workers) is None
     check_placeable("job", dask_resources(job), lambda: workers)
 
 
 def test_more_than_a_worker_holds_does_not_fit():
     workers = [{"resources": _advertised(KubeSpec(memory="8GB"))}]
-    assert "MEMORY=9GB" in unsatisfiable(DaskBackend(memory="9GB")._requested_resources(), workers)
+    wanted = DaskBackend(memory="9GB")._requested_resources()
+    assert "MEMORY=9GB" in unplaceable("task", wanted, workers)
     with pytest.raises(ValueError, match="NON_PREEMPTIBLE"):
         check_placeable("job", dask_resources(ResourceConfig(preemptible=False)), lambda: workers)
     with pytest.raises(ValueError, match="needs CPU=2"):
@@ -248,7 +249,9 @@ def test_the_manifests_worker_command_joins_a_scheduler_and_runs_zephyr_tasks():
             assert info["nthreads"] == 1 and info["name"] == "kube-test-worker"
             backend = DaskBackend(client, memory="8GB", num_cpus=1)
             assert list(backend.execute(Dataset.from_list([1, 2, 3]).map(str))) == ["1", "2", "3"]
-            with pytest.raises(ZephyrError, match="MEMORY=9GB cannot be satisfied"):
+            with pytest.raises(
+                ZephyrError, match="needs MEMORY=9GB, but none of the 1 Dask workers"
+            ):
                 DaskBackend(client, memory="9GB").execute(Dataset.from_list([1]).map(str))
         finally:
             with contextlib.suppress(ProcessLookupError):
@@ -271,11 +274,11 @@ NO_CREDENTIALS = r"no Kubernetes credentials \(KUBECONFIG='.*missing-kubeconfig'
 
 def test_without_a_kubeconfig_every_entry_point_names_the_fix(no_kubeconfig):
     fix = NO_CREDENTIALS + "get-credentials.*helm install --repo https://helm.dask.org"
-    with pytest.raises(ZephyrError, match=fix):
+    with pytest.raises(ClusterStartError, match=fix):
         connect("kube?name=x&workers=1", timeout=5)
     with pytest.raises(ZephyrError, match=fix):
         list(DaskBackend("kube?name=x&workers=1").execute(Dataset.from_list([1]).map(str)))
-    with pytest.raises(ZephyrError, match=fix):
+    with pytest.raises(ClusterStartError, match=fix):
         cluster_from_spec("kube?name=x&workers=1")
 
 
@@ -378,7 +381,7 @@ def stand_in_api(no_kubeconfig, monkeypatch, tmp_path, request):
 def test_a_missing_operator_crd_names_the_helm_install(stand_in_api):
     spec = KubeSpec(name="nocrd", workers=1, timeout=30)
     with pytest.raises(
-        ZephyrError,
+        ClusterStartError,
         match=r"DaskCluster 'nocrd'.*operator \(its DaskCluster CRD\) is not installed.*"
         r"helm install --repo https://helm.dask.org",
     ):
@@ -391,13 +394,13 @@ def test_kubecluster_sends_our_manifest_and_a_silent_operator_times_out(stand_in
     on it, the start fails within the spec's timeout naming the operator, and the DaskCluster
     it created is deleted again."""
     spec = KubeSpec(name="silent", workers=3, cpu=2, memory="4GB", timeout=3)
-    with pytest.raises(ZephyrError, match=r"cannot start the DaskCluster 'silent'") as error:
+    with pytest.raises(ClusterStartError, match=r"cannot start the DaskCluster 'silent'") as error:
         connect(spec.text, timeout=5)
     assert "operator" in str(error.value) and "timeout=3" in str(error.value)
     # KubeCluster gives up first (its waits end before ours); if ours ended first, the start
     # thread finishes the clean-up.
     for thread in threading.enumerate():
-        if thread.name == "zephyr-kube-start":
+        if thread.name == "fray-kube-start":
             thread.join(timeout=30)
     assert stand_in_api.created == [dask_cluster_manifest(spec)]
     assert stand_in_api.clusters == {}
@@ -412,7 +415,7 @@ def test_inside_a_pod_of_the_cluster_the_operators_scheduler_address_is_used(
     spec = KubeSpec(name="inpod", timeout=2)
     monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", in_cluster_address(spec))
     with pytest.raises(
-        ZephyrError,
+        ClusterUnreachable,
         match=r"cannot reach this pod's Dask scheduler "
         r"tcp://inpod-scheduler\.default\.svc\.cluster\.local:8786 within 2 s",
     ):

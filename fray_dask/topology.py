@@ -1,6 +1,6 @@
 """The table of Google Cloud TPU slice types: chips, hosts and the GKE node-label values of each.
 
-Pure data, standard library only: `fray_dask.types` imports it, so no Dask or Kubernetes here.
+Pure data, standard library only: imports nothing from zephyr or tpu, and no Dask or Kubernetes.
 """
 
 from __future__ import annotations

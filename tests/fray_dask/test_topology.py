@@ -1,4 +1,4 @@
-"""Tests of tpu/topology.py: the TPU slice table, lookups, errors and its import boundary.
+"""Tests of fray_dask/topology.py: the TPU slice table, lookups, errors and its import boundary.
 
 Pure: no Dask, milliseconds."""
 
@@ -10,8 +10,7 @@ import re
 
 import pytest
 
-from tests.imports import heavy_modules_loaded
-from tpu.topology import (
+from fray_dask.topology import (
     TPU_TYPES,
     TpuTopology,
     all_topologies,
@@ -19,6 +18,7 @@ from tpu.topology import (
     check_topology,
     get_topology,
 )
+from tests.imports import heavy_modules_loaded
 
 ACCELERATORS = {
     "v4": "tpu-v4-podslice",
@@ -206,8 +206,8 @@ def test_check_topology_rejects_a_non_string_topology():
 
 
 # -- import boundary -------------------------------------------------------------------------------
-def test_importing_tpu_topology_does_not_import_dask_or_kubernetes():
-    code = "import tpu.topology\ntpu.topology.get_topology('v4-8')\n"
+def test_importing_fray_dask_topology_does_not_import_dask_or_kubernetes():
+    code = "import fray_dask.topology\nfray_dask.topology.get_topology('v4-8')\n"
     heavy = heavy_modules_loaded(code, ("dask", "distributed", "kubernetes"))
     assert heavy == [], f"heavy modules imported: {heavy}"
 
@@ -238,3 +238,14 @@ def test_check_multislice_names_the_rule_and_a_fix():
         check_multislice(get_topology("v4-8"), 2)
     with pytest.raises(ValueError, match=r"'v5litepod-4' \(topology 2x2\).*v5litepod-8"):
         check_multislice(get_topology("v5e-4"), 2)
+
+
+# -- the names the tpu package shows -------------------------------------------------------------
+def test_the_tpu_package_names_the_same_table():
+    """README documents `tpu.get_topology`: the tpu package's names are this module's objects."""
+    import tpu
+
+    assert tpu.get_topology is get_topology and tpu.TpuTopology is TpuTopology
+    assert tpu.TPU_TYPES is TPU_TYPES and tpu.all_topologies is all_topologies
+    assert tpu.check_topology is check_topology and tpu.check_multislice is check_multislice
+    assert tpu.get_topology("v5e-16").hosts == 4

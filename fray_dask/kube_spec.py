@@ -5,7 +5,6 @@ DaskCluster manifest the dask-kubernetes operator runs for it. Pure: no Kubernet
 from __future__ import annotations
 
 import contextlib
-import logging
 import re
 import sys
 from dataclasses import dataclass, fields
@@ -23,8 +22,6 @@ __all__ = [
     "render_yaml",
     "worker_resources",
 ]
-
-logger = logging.getLogger("zephyr")
 
 SCHEME = "kube"
 INSTALL = 'pip install "zephyr-dask[k8s]"'
@@ -100,7 +97,7 @@ class KubeSpec:
 
 
 PARAMETERS = tuple(f.name for f in fields(KubeSpec))
-_FORM = "kube?name=NAME&workers=N&image=IMAGE&memory=8GB[&cpu=1&namespace=default&timeout=300]"
+FORM = "kube?name=NAME&workers=N&image=IMAGE&memory=8GB[&cpu=1&namespace=default&timeout=300]"
 
 
 def _size_text(n: int) -> str:
@@ -133,7 +130,7 @@ def _check(spec: KubeSpec) -> None:
     if spec.memory < _MIN_MEMORY:
         fix = "write e.g. memory=8GB (8e9 bytes) or memory=8Gi (8 * 2**30 bytes)"
         raise _bad(
-            "memory", _size_text(spec.memory), "is less than a Dask worker needs (256m)", fix
+            "memory", _size_text(spec.memory), "is less than a Dask worker needs (256MB)", fix
         )
     if isinstance(spec.timeout, bool) or not isinstance(spec.timeout, int | float):
         raise _bad("timeout", spec.timeout, "is not a number of seconds", "write e.g. timeout=300")
@@ -147,7 +144,7 @@ def _params_of(text: str) -> dict[str, str]:
     parts = urlsplit(text.strip())
     scheme = parts.path or parts.scheme
     if scheme != SCHEME or parts.netloc or parts.fragment:
-        raise ValueError(f"{text!r} is not a kube spec; write {_FORM}")
+        raise ValueError(f"{text!r} is not a kube spec; write {FORM}")
     query = parse_qs(parts.query, keep_blank_values=True)
     repeated = sorted(k for k, v in query.items() if len(v) > 1)
     if repeated:
@@ -181,7 +178,7 @@ def parse_kube_spec(text_or_params: str | dict[str, str]) -> KubeSpec:
     if unknown:
         raise ValueError(
             f"kube spec does not take {', '.join(unknown)} (its parameters: "
-            f"{', '.join(PARAMETERS)}); write {_FORM}"
+            f"{', '.join(PARAMETERS)}); write {FORM}"
         )
     values: dict[str, Any] = {}
     for key, raw in params.items():
@@ -317,9 +314,7 @@ def dask_cluster_manifest(spec: KubeSpec) -> dict[str, Any]:
 # deploy/k8s/daskcluster.yaml: every default but a fixed image, so the file does not change with
 # the distributed and Python versions of whoever renders it.
 DEPLOY_SPEC = "kube?image=ghcr.io/dask/dask:2026.8.0-py3.11"
-RENDER_COMMAND = (
-    f"python -m zephyr.backends.kube --render '{DEPLOY_SPEC}' > deploy/k8s/daskcluster.yaml"
-)
+RENDER_COMMAND = f"python -m fray_dask.kube --render '{DEPLOY_SPEC}' > deploy/k8s/daskcluster.yaml"
 
 
 def render_yaml(spec: KubeSpec) -> str:
@@ -330,7 +325,7 @@ def render_yaml(spec: KubeSpec) -> str:
     header = (
         "# A Dask cluster for the dask-kubernetes operator: kubectl apply -f <this file>.\n"
         f"# Generated from {spec.text}\n"
-        "# by `python -m zephyr.backends.kube --render SPEC`; edit zephyr/backends/kube_spec.py\n"
+        "# by `python -m fray_dask.kube --render SPEC`; edit fray_dask/kube_spec.py\n"
         "# and re-render deploy/k8s/daskcluster.yaml: a test checks that they agree.\n"
     )
     body = yaml.safe_dump(dask_cluster_manifest(spec), sort_keys=False, width=100)
