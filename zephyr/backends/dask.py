@@ -36,18 +36,17 @@ from zephyr.backends.dask_checks import (
 )
 from zephyr.backends.dask_limits import close_idle
 from zephyr.backends.dask_tasks import (
-    Opaque,
     cluster_view,
     dask_task,
     parent_scope,
     pickle_stage,
     result_lengths,
+    task_shards,
 )
 from zephyr.backends.settings import make_config
 from zephyr.errors import ZephyrError, as_zephyr_error
 from zephyr.kernels import KeptCounts, TaskResult
-from zephyr.plan import Plan
-from zephyr.stages import SourceItem, Stage
+from zephyr.plan import Plan, Stage
 
 logger = logging.getLogger("zephyr")
 
@@ -262,8 +261,7 @@ class DaskBackend(Backend):
         for shards in batches:
             key = f"{group}-{shards[0][0]}-{run.token}"
             keys.append(f"{key}-retry{attempt}" if attempt else key)
-            items = all(isinstance(spec, SourceItem) for _, spec in shards)
-            args.append(Opaque(shards) if items else shards)
+            args.append(task_shards(shards))
         # A stage that fans out to a nested pool mostly waits for its inner tasks, which carry the
         # resources: Dask keeps a seceded task's resources, so claiming them here too could leave
         # no worker able to run the inner tasks.

@@ -95,6 +95,13 @@ def _opaque_sources(indexes: list, items: list) -> Opaque:
     return Opaque([(i, SourceItem(item)) for i, item in zip(indexes, items, strict=True)])
 
 
+def task_shards(shards: list) -> Any:
+    """What `dask_task` is given for a batch of (shard index, input) pairs: the batch inside an
+    Opaque when it holds source items only, else as it is (Dask resolves the upstream futures in
+    its ReshardSlices)."""
+    return Opaque(shards) if all(isinstance(s, SourceItem) for _, s in shards) else shards
+
+
 def dask_task(
     payload: bytes, token: str, shards: Any, keep: bool, sem: str | None, leases: int
 ) -> TaskResult | UserCodeFailure:
