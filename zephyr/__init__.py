@@ -24,40 +24,31 @@ Example (a complete script; it writes a tiny corpus into the current folder, the
 import logging as _logging
 
 from fray_dask.exports import lazy_names
-from zephyr.backends.base import Backend, BackendConfig
-from zephyr.backends.config import create_backend, flow_backend, parse_memory
-from zephyr.backends.sync import SyncBackend
-from zephyr.backends.threads import ThreadBackend
-from zephyr.dataset import Dataset
 from zephyr.errors import ZephyrError
-from zephyr.io.jsonl import load_jsonl
-from zephyr.io.readers import load_file, load_zip_members
-from zephyr.kernels import ShardInfo
 from zephyr.plan import Plan
 
-# DaskBackend loads distributed and load_parquet pyarrow, on first use: `import zephyr` stays light
-# (the CLI, and every worker unpickling a user function).
-_LAZY = {"DaskBackend": "zephyr.backends.dask", "load_parquet": "zephyr.io.parquet"}
+# Everything else loads on first use (fray_dask.exports): `import zephyr` and `import zephyr.plan`
+# load no fsspec, codec, Dask or pyarrow (the CLI, planning, every worker unpickling a user
+# function); `from zephyr import Dataset` loads what pipelines need.
+_LAZY = {
+    "Backend": "zephyr.backends.base",
+    "BackendConfig": "zephyr.backends.base",
+    "DaskBackend": "zephyr.backends.dask",
+    "Dataset": "zephyr.dataset",
+    "ShardInfo": "zephyr.op_kernels",
+    "SyncBackend": "zephyr.backends.sync",
+    "ThreadBackend": "zephyr.backends.threads",
+    "create_backend": "zephyr.backends.config",
+    "flow_backend": "zephyr.backends.config",
+    "load_file": "zephyr.io.readers",
+    "load_jsonl": "zephyr.io.jsonl",
+    "load_parquet": "zephyr.io.parquet",
+    "load_zip_members": "zephyr.io.readers",
+    "parse_memory": "zephyr.backends.settings",
+}
 __getattr__, __dir__ = lazy_names(__name__, _LAZY)
 
-__all__ = [
-    "Backend",
-    "BackendConfig",
-    "DaskBackend",
-    "Dataset",
-    "Plan",
-    "ShardInfo",
-    "SyncBackend",
-    "ThreadBackend",
-    "ZephyrError",
-    "create_backend",
-    "flow_backend",
-    "load_file",
-    "load_jsonl",
-    "load_parquet",
-    "load_zip_members",
-    "parse_memory",
-]
+__all__ = ["Plan", "ZephyrError", *sorted(_LAZY)]
 
 # One log line per stage and the dashboard URL reach stderr unless the application configures
 # logging.

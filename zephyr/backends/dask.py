@@ -1,10 +1,12 @@
-"""DaskBackend: each stage becomes Dask tasks submitted straight to the scheduler.
+"""DaskBackend: each stage becomes Dask tasks submitted straight to the scheduler. The backend's
+settings, connection, packing and submitting; a run's waits and fetches are dask_run.py, its
+checks dask_checks.py, what the workers run dask_tasks.py.
 
-With the other zephyr.backends.dask_* modules and `connection`, the only zephyr code that imports
-dask/distributed. Tasks are submitted with `client.map` so `resources` reach the scheduler
-(dask.bag's graph optimisation drops annotations, dask/dask#7036). Keys read `<task group>-<first
-shard>-<run token>`, groups like `r2.s1.load_jsonl.map(clean)` (Stage.task_group): the dashboard
-shows each stage of each run apart.
+With the other zephyr.backends.dask_* modules, the only zephyr code that imports dask/distributed.
+Tasks are submitted with `client.map` so `resources` reach the scheduler (dask.bag's graph
+optimisation drops annotations, dask/dask#7036). Keys read `<task group>-<first shard>-<run
+token>`, groups like `r2.s1.load_jsonl.map(clean)` (Stage.task_group): the dashboard shows each
+stage of each run apart.
 """
 
 from __future__ import annotations
@@ -12,12 +14,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import time
 import uuid
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import CancelledError
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any
 
 import distributed
@@ -26,26 +24,24 @@ from distributed import Client
 from fray_dask.connect import connect
 from fray_dask.connection import ClusterError, Connection
 from zephyr.backends import dask_counts
-from zephyr.backends.base import Backend, BackendConfig, ClusterLost, ClusterStalled, TaskLost
+from zephyr.backends.base import Backend, BackendConfig
 from zephyr.backends.dask_board import StageBoard, announce
 from zephyr.backends.dask_checks import (
     requested_resources,
-    stall_reason,
     task_resources,
     wait_for_workers,
 )
 from zephyr.backends.dask_limits import close_idle
+from zephyr.backends.dask_run import DaskRun
 from zephyr.backends.dask_tasks import (
-    cluster_view,
     dask_task,
     parent_scope,
     pickle_stage,
-    result_lengths,
     task_shards,
 )
 from zephyr.backends.settings import make_config
-from zephyr.errors import ZephyrError, as_zephyr_error
-from zephyr.kernels import KeptCounts, TaskResult
+from zephyr.errors import as_zephyr_error
+from zephyr.kernels import KeptCounts
 from zephyr.plan import Plan, Stage
 
 logger = logging.getLogger("zephyr")
@@ -58,27 +54,6 @@ TASKS_PER_SLOT = 32
 MAX_PACK = 4096
 # Stages pickled smaller than this travel inside each task; larger ones are broadcast once.
 INLINE_PAYLOAD_BYTES = 64 * 1024
-
-
-# -- driver side
-@dataclass
-class _Run:
-    """Per-execution state: the connection to submit through and each stage's payload; `scope`
-    names its task groups (Stage.task_group): the run id, or a nested stage's parent stage."""
-
-    conn: Connection
-    token: str
-    resources: dict | None
-    payloads: dict
-    threads: int
-    scope: str = ""
-    board: StageBoard | None = None  # reports to the dashboard's Zephyr page
-    stalled_since: float | None = None  # when tasks were first seen that no worker can run
-    counts: deque = field(default_factory=deque)  # live counts of kept results (dask_counts)
-
-    @property
-    def client(self) -> Client:
-        return self.conn.client
 
 
 class DaskBackend(Backend):
@@ -166,7 +141,7 @@ class DaskBackend(Backend):
         cfg = self.config
         return requested_resources(cfg.memory, cfg.num_cpus, cfg.num_gpus)
 
-    def _start_run(self, plan: Plan, run_id: str) -> _Run:
+    def _start_run(self, plan: Plan, run_id: str) -> DaskRun:
         payloads = {id(s): pickle_stage(s) for s in plan.stages}
         conn = self.connection
         run = self._new_run(conn, payloads, run_id)
@@ -175,7 +150,7 @@ class DaskBackend(Backend):
             run.board = StageBoard(conn.client, run_id, run.token, plan)
         return run
 
-    def _run_plan(self, plan: Plan, run: _Run, run_id: str) -> Iterator:
+    def _run_plan(self, plan: Plan, run: DaskRun, run_id: str) -> Iterator:
         state = "stopped"  # the caller stopped reading the results
         try:
             yield from super()._run_plan(plan, run, run_id)
@@ -191,17 +166,19 @@ class DaskBackend(Backend):
             with contextlib.suppress(Exception):
                 run.client.run_on_scheduler(close_idle)
 
-    def _new_run(self, conn: Connection, payloads: dict, scope: str) -> _Run:
+    def _new_run(self, conn: Connection, payloads: dict, scope: str) -> DaskRun:
         # A cluster whose workers are still starting gets as long as the stall rule allows.
         rule = f"the rule: no_worker_timeout={self.no_worker_timeout:g} s"
         address = conn.address or str(self.address)
         workers = wait_for_workers(conn.workers, address, self.no_worker_timeout, rule)
         resources = task_resources(self._requested_resources(), workers, self._warned)
         threads = sum(w.get("nthreads", 1) for w in workers)
-        return _Run(conn, uuid.uuid4().hex[:8], resources, payloads, threads, scope)
+        return DaskRun(
+            conn, uuid.uuid4().hex[:8], resources, payloads, threads, self.no_worker_timeout, scope
+        )
 
     @contextlib.contextmanager
-    def _nested_run(self, stage: Stage) -> Iterator[_Run]:
+    def _nested_run(self, stage: Stage) -> Iterator[DaskRun]:
         payload = pickle_stage(stage)
         try:
             distributed.get_worker()
@@ -218,41 +195,41 @@ class DaskBackend(Backend):
             yield self._new_run(Connection(client, owns=False), {id(stage): payload}, scope)
 
     # -- the Backend hooks
-    def _slots(self, run: _Run) -> int:
+    def _slots(self, run: DaskRun) -> int:
         """How many tasks of this backend can run at once: worker threads, capped by
         max_parallelism."""
         threads = max(1, run.threads)
         return min(self.config.max_parallelism or threads, threads)
 
-    def _window(self, run: _Run) -> int:
+    def _window(self, run: DaskRun) -> int:
         # Two tasks per thread keep workers busy while the driver consumes results; a
         # max_parallelism below the thread count is the window itself (no task would wait).
         slots = self._slots(run)
         return slots if slots < run.threads else 2 * slots
 
-    def _pack_size(self, run: _Run, num_shards: int) -> int:
+    def _pack_size(self, run: DaskRun, num_shards: int) -> int:
         return max(1, min(FIRST_PACK, math.ceil(num_shards / (TASKS_PER_SLOT * self._slots(run)))))
 
-    def _max_pack(self, run: _Run) -> int:
+    def _max_pack(self, run: DaskRun) -> int:
         return MAX_PACK
 
-    def _payload(self, run: _Run, stage: Stage) -> Any:
+    def _payload(self, run: DaskRun, stage: Stage) -> Any:
         payload = run.payloads[id(stage)]
         if isinstance(payload, bytes) and len(payload) > INLINE_PAYLOAD_BYTES:
             # A large stage (a closure over a lookup table) is copied to every worker once, not
             # once per task; with every worker holding it, the scheduler may place tasks anywhere.
-            payload = self._call(run, run.client.scatter, payload, hash=False, broadcast=True)
+            payload = run.call(run.client.scatter, payload, hash=False, broadcast=True)
             run.payloads[id(stage)] = payload
         return payload
 
-    def _submit(self, run: _Run, stage: Stage, shards: list, keep: bool, attempt: int) -> Any:
+    def _submit(self, run: DaskRun, stage: Stage, shards: list, keep: bool, attempt: int) -> Any:
         return self._submit_tasks(run, stage, [shards], keep, attempt)[0]
 
-    def _submit_many(self, run: _Run, stage: Stage, batches: list[list], keep: bool) -> list:
+    def _submit_many(self, run: DaskRun, stage: Stage, batches: list[list], keep: bool) -> list:
         return self._submit_tasks(run, stage, batches, keep, 0)
 
     def _submit_tasks(
-        self, run: _Run, stage: Stage, batches: list[list], keep: bool, attempt: int
+        self, run: DaskRun, stage: Stage, batches: list[list], keep: bool, attempt: int
     ) -> list:
         """Submit one task per batch of shards in a single message to the scheduler."""
         payload = self._payload(run, stage)
@@ -267,8 +244,8 @@ class DaskBackend(Backend):
         # no worker able to run the inner tasks.
         resources = None if stage.has_nested else run.resources
         n = len(batches)
-        futures = self._call(
-            run, run.client.map, dask_task, [payload] * n, [f"{run.token}-{stage.index}"] * n,
+        futures = run.call(
+            run.client.map, dask_task, [payload] * n, [f"{run.token}-{stage.index}"] * n,
             args, [keep] * n, [self.semaphore_name] * n, [self.config.max_parallelism or 0] * n,
             key=keys, resources=resources, pure=False,
         )  # fmt: skip
@@ -276,132 +253,15 @@ class DaskBackend(Backend):
             run.board.submitted(stage, keys, [len(shards) for shards in batches])
         return futures
 
-    # -- waiting: every wait has a deadline, and the stall rule runs whenever one passes
-    @property
-    def _poll(self) -> float:
-        return min(5.0, max(0.2, self.no_worker_timeout / 4))
-
-    def _call(self, run: _Run, fn: Callable, *args: Any, **kwargs: Any) -> Any:
-        """Call the client; a failure caused by a lost scheduler becomes ClusterLost."""
-        try:
-            return fn(*args, **kwargs)
-        except (ClusterLost, ClusterStalled, TaskLost, ZephyrError, TimeoutError):
-            raise  # a deadline passing is the caller's to handle (TimeoutError is an OSError)
-        except Exception as e:
-            self._raise_if_lost(run, e)
-            raise
-
-    def _raise_if_lost(self, run: _Run, error: BaseException | None) -> None:
-        """Raise ClusterLost if the client has lost its scheduler (after `error`, if any)."""
-        client = run.client
-        comm_error = isinstance(error, (distributed.comm.CommClosedError, OSError)) and not (
-            isinstance(error, TimeoutError)
-        )
-        if client.status == "running" and not comm_error:
-            return
-        address = client.scheduler.address if client.scheduler else self.address
-        cause = f" ({type(error).__name__})" if error is not None else ""
-        if run.conn.owns and run.conn.cluster is None:
-            run.conn.close(timeout=1)  # stop reconnecting; the next execute connects afresh
-        raise ClusterLost(f"lost the connection to the Dask scheduler at {address}{cause}")
-
-    def _wait_any(self, run: _Run, handles: list) -> None:
-        # Dask keeps a task that no worker can run waiting forever, silently (queued with no
-        # workers at all, no-worker when no worker has its resources): wake up now and then to
-        # apply the stall rule.
-        while True:
-            try:
-                with run.client.as_current():
-                    distributed.wait(handles, timeout=self._poll, return_when="FIRST_COMPLETED")
-                return
-            except TimeoutError:
-                self._check_stalled(run, handles)
-            except (CancelledError, distributed.comm.CommClosedError, OSError) as e:
-                self._raise_if_lost(run, e)  # cancelled futures or a closed comm
-                return  # the outcomes say which tasks were cancelled (then resubmitted)
-
-    def _check_stalled(self, run: _Run, handles: list) -> None:
-        """Raise ClusterStalled once the tasks have waited `no_worker_timeout` s with no worker
-        able to run them (no workers at all, or none with their resources)."""
-        view = self._call(run, run.client.run_on_scheduler, cluster_view, [h.key for h in handles])
-        workers = lambda: self._call(run, run.conn.workers)  # noqa: E731 - asked only if needed
-        reason = stall_reason(view, run.resources, workers, run.client.scheduler.address)
-        if reason is None:
-            run.stalled_since = None
-            return
-        now = time.monotonic()
-        if run.stalled_since is None:
-            run.stalled_since = now
-        elif now - run.stalled_since >= self.no_worker_timeout:
-            raise ClusterStalled(
-                f"no worker has been able to run them for {now - run.stalled_since:.0f} s (the "
-                f"rule: no_worker_timeout={self.no_worker_timeout:g} s): {reason}"
-            )
+    # -- waiting and reading results: the run's calls to the cluster (zephyr.backends.dask_run)
+    def _wait_any(self, run: DaskRun, handles: list) -> None:
+        run.wait_any(handles)
 
     def _done(self, handle: Any) -> bool:
         return handle.done()
 
-    def _outcomes(self, run: _Run, handles: list, keep: bool) -> list:
-        values: list = [None] * len(handles)
-        fetch: list[int] = []
-        for i, handle in enumerate(handles):
-            status = handle.status
-            if status == "finished":
-                # Future.type is reported with the task's completion: a kept result stays on the
-                # cluster unless it is a failure (or its type is unknown) and must be read.
-                if keep and handle.type is TaskResult:
-                    values[i] = handle
-                else:
-                    fetch.append(i)
-            elif status == "error":
-                values[i] = self._error_outcome(run, handle)
-            else:  # cancelled (by a lost scheduler, or one that restarted) or lost with its data
-                self._raise_if_lost(run, None)
-                values[i] = TaskLost(f"task {handle.key} is {status}")
-        if fetch:
-            fetched = self._gather(run, [handles[i] for i in fetch])
-            for i, value in zip(fetch, fetched, strict=True):
-                kept = keep and isinstance(value, TaskResult)
-                values[i] = handles[i] if kept else value
-        if run.board is not None:
-            run.board.settled(handles, values)
-        return values
-
-    def _error_outcome(self, run: _Run, handle: Any) -> Any:
-        exc = self._call(run, handle.exception, timeout=self._poll)
-        if isinstance(exc, distributed.scheduler.KilledWorker):
-            return TaskLost(f"{type(exc).__name__}: {exc}")
-        self._raise_if_lost(run, exc)
-        raise ZephyrError(
-            f"Dask task {handle.key} failed outside user code: {type(exc).__name__}: {exc}"
-        ) from exc
-
-    def _gather(self, run: _Run, futures: list) -> list:
-        """The values of finished `futures`, fetched together. A result whose worker died before it
-        was fetched is recomputed by Dask; meanwhile the stall rule applies."""
-        client = run.client
-        while True:
-            try:
-                # Client.gather has no deadline of its own; its coroutine with one is the same call.
-                return client.sync(client._gather, futures, callback_timeout=self._poll)
-            except TimeoutError:
-                self._check_stalled(run, futures)
-            except Exception as e:
-                self._raise_if_lost(run, e)
-                return [self._gather_one(run, f) for f in futures]
-
-    def _gather_one(self, run: _Run, future: Any) -> Any:
-        """One future's outcome after a batch fetch failed (a task failed or was lost meanwhile)."""
-        self._wait_any(run, [future])
-        if future.status == "finished":
-            try:
-                return self._call(run, future.result, timeout=self._poll)
-            except TimeoutError:  # lost again between the wait and the fetch
-                return TaskLost(f"task {future.key}: its result was lost before it was fetched")
-        if future.status == "error":
-            return self._error_outcome(run, future)
-        self._raise_if_lost(run, None)
-        return TaskLost(f"task {future.key} is {future.status}")
+    def _outcomes(self, run: DaskRun, handles: list, keep: bool) -> list:
+        return run.outcomes(handles, keep)
 
     def _cancel(self, handles: list) -> None:
         with contextlib.suppress(Exception):
@@ -409,17 +269,11 @@ class DaskBackend(Backend):
             if client.status == "running":
                 client.cancel(handles, force=True)
 
-    def _kept_counts(self, run: _Run, stage: Stage) -> tuple[int, int]:
+    def _kept_counts(self, run: DaskRun, stage: Stage) -> tuple[int, int]:
         return dask_counts.drain(run.counts, stage.index)
 
-    def _lengths(self, run: _Run, refs: list) -> list[KeptCounts]:
-        keys = [f"{ref.key}-lengths" for ref in refs]  # in the stage's task group
-        futures = self._call(run, run.client.map, result_lengths, refs, key=keys, pure=False)
-        lengths = self._gather(run, futures)
-        lost = [x for x in lengths if not isinstance(x, tuple)]
-        if lost:
-            raise ClusterStalled(f"{len(lost)} of them were lost with their workers ({lost[0]})")
-        return lengths
+    def _lengths(self, run: DaskRun, refs: list) -> list[KeptCounts]:
+        return run.lengths(refs)
 
     def close(self) -> None:
         """Release this backend's connection: the last user of an address's client closes it; the
