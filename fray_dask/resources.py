@@ -17,24 +17,34 @@ from fray_dask.types import JobRequest, ResourceConfig
 NON_PREEMPTIBLE = "NON_PREEMPTIBLE"
 
 
-def dask_resources(resources: ResourceConfig) -> dict[str, float]:
-    """What one replica holds on its worker while it runs.
-
-    `NON_PREEMPTIBLE: 0` holds nothing but restricts placement to workers that advertise it.
-    """
-    out: dict[str, float] = {}
-    if resources.cpu:
-        out["CPU"] = resources.cpu
-    if resources.ram_bytes:
-        out["MEMORY"] = resources.ram_bytes
-    device = resources.device
-    if device.kind == "gpu":
-        out["GPU"] = device.count
-    elif device.kind == "tpu":
-        out["TPU"] = device.spec.chips_per_host
-    if not resources.preemptible:
+def resource_request(
+    cpu: float | None = None,
+    memory: int | None = None,
+    gpus: float | None = None,
+    tpu_chips: int | None = None,
+    non_preemptible: bool = False,
+) -> dict[str, float]:
+    """The Dask resources a task holds on its worker while it runs, for those amounts given (a
+    zephyr task's `num_cpus`/`memory`/`num_gpus`, a fray replica's ResourceConfig): the names
+    the workers advertise. `NON_PREEMPTIBLE: 0` holds nothing but restricts placement to workers
+    that advertise it."""
+    wanted = {"CPU": cpu, "MEMORY": memory, "GPU": gpus, "TPU": tpu_chips}
+    out: dict[str, float] = {name: amount for name, amount in wanted.items() if amount}
+    if non_preemptible:
         out[NON_PREEMPTIBLE] = 0
     return out
+
+
+def dask_resources(resources: ResourceConfig) -> dict[str, float]:
+    """What one replica of a job holds on its worker while it runs."""
+    device = resources.device
+    return resource_request(
+        cpu=resources.cpu,
+        memory=resources.ram_bytes,
+        gpus=device.count if device.kind == "gpu" else None,
+        tpu_chips=device.spec.chips_per_host if device.kind == "tpu" else None,
+        non_preemptible=not resources.preemptible,
+    )
 
 
 def _show(name: str, amount: float) -> str:

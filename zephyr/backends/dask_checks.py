@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fray_dask.resources import unplaceable
+from fray_dask.resources import resource_request, unplaceable
 from zephyr.errors import ZephyrError
 
 logger = logging.getLogger("zephyr")
@@ -21,9 +21,9 @@ ASK_LESS = "lower --memory/--num-cpus/--num-gpus (memory=, num_cpus=, num_gpus= 
 
 
 def requested_resources(memory: int | None, num_cpus: float | None, num_gpus: float | None) -> dict:
-    """The Dask resources every task of a backend asks for (only those that were set)."""
-    wanted = {"MEMORY": memory, "CPU": num_cpus, "GPU": num_gpus}
-    return {k: v for k, v in wanted.items() if v}
+    """The Dask resources every task of a backend asks for (only those that were set), named as
+    fray_dask names a job's."""
+    return resource_request(cpu=num_cpus, memory=memory, gpus=num_gpus)
 
 
 def task_resources(wanted: dict, workers: list[dict], warned: set[str]) -> dict | None:

@@ -1,5 +1,5 @@
-"""The embedded cluster's connection: one dashboard line, as the cluster starts and before any work
-(also when the usual port is taken)."""
+"""zephyr.backends.dask_board.announce: one dashboard line, as the embedded cluster starts and
+before any work (also when the usual port is taken)."""
 
 from __future__ import annotations
 
