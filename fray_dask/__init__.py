@@ -15,6 +15,8 @@ _LAZY = {
     "ActorLostError": "fray_dask.actors",
     "ActorNameNotSharedWarning": "fray_dask.actors",
     "Cluster": "fray_dask.cluster",
+    "ClusterScheme": "fray_dask.schemes",
+    "ClusterUnreachable": "fray_dask.connection",
     "CpuConfig": "fray_dask.types",
     "DaskCluster": "fray_dask.dask_cluster",
     "DaskContext": "fray_dask.dask_context",
@@ -43,6 +45,7 @@ _LAZY = {
     "fray_job_ctx": "fray_dask.current",
     "get_default_job_ctx": "fray_dask.current",
     "parse_size": "fray_dask.sizes",
+    "register_scheme": "fray_dask.schemes",
     "set_current_cluster": "fray_dask.current",
     "set_job_ctx": "fray_dask.current",
 }

@@ -177,3 +177,25 @@ def test_every_public_name_resolves_and_costly_ones_load_late(package):
         "assert set(pkg.__all__) <= set(dir(pkg))\n"
     )
     assert heavy_modules_loaded(code, ("nothing",)) == []
+
+
+PURE_CORES = [
+    "zephyr.plan",
+    "zephyr.stages",
+    "zephyr.backends.dask_checks",
+    "fray_dask.types",
+    "fray_dask.sizes",
+    "fray_dask.topology",
+    "fray_dask.schemes",
+    "fray_dask.connection",
+    "fray_dask.kube_spec",
+    "tpu.manifests",
+]
+
+
+@pytest.mark.parametrize("module", PURE_CORES)
+def test_the_pure_cores_load_no_dask_kubernetes_or_io_libraries(module):
+    """The modules docs/ARCHITECTURE.md calls pure import without Dask, Kubernetes, pyarrow or
+    the filesystem and codec libraries."""
+    heavy = ("dask", "distributed", "kubernetes", "dask_kubernetes", "pyarrow", "fsspec")
+    assert heavy_modules_loaded(f"import {module}", heavy) == []
