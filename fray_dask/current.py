@@ -13,7 +13,8 @@ import contextlib
 import contextvars
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from fray_dask.cluster import Cluster
 from fray_dask.context import JobContext
@@ -53,32 +54,40 @@ def current_spec() -> str:
     return os.environ.get(SPEC_VARIABLE, "").strip() or DEFAULT_SPEC
 
 
+def _current(var: contextvars.ContextVar, cache: dict, build: Callable[[str], Any]) -> Any:
+    """`var`'s value if one is set, else the object `build` made for the current spec (once)."""
+    value = var.get()
+    if value is not None:
+        return value
+    spec = current_spec()
+    with _LOCK:
+        if spec not in cache:
+            cache[spec] = build(spec)
+        return cache[spec]
+
+
+@contextlib.contextmanager
+def _setting(var: contextvars.ContextVar, value: Any, kind: type, what: str) -> Iterator[Any]:
+    if not isinstance(value, kind):
+        raise TypeError(f"{what} needs a {kind.__name__}, got {type(value).__name__}")
+    token = var.set(value)
+    try:
+        yield value
+    finally:
+        var.reset(token)
+
+
 def current_cluster() -> Cluster:
     """The cluster jobs launch on: the one set by `set_current_cluster`, else the one named by
     the FRAY_CLUSTER_SPEC environment variable (inside a job: the cluster that launched it),
     else the embedded Dask cluster. The same object is returned for the same spec."""
-    cluster = _CURRENT.get()
-    if cluster is not None:
-        return cluster
-    spec = current_spec()
-    with _LOCK:
-        cluster = _CLUSTERS.get(spec)
-        if cluster is None:
-            cluster = _CLUSTERS[spec] = cluster_from_spec(spec)
-        return cluster
+    return _current(_CURRENT, _CLUSTERS, cluster_from_spec)
 
 
-@contextlib.contextmanager
-def set_current_cluster(cluster: Cluster) -> Iterator[Cluster]:
+def set_current_cluster(cluster: Cluster) -> contextlib.AbstractContextManager[Cluster]:
     """Within the block (and threads started with its context), `current_cluster()` is
     `cluster`."""
-    if not isinstance(cluster, Cluster):
-        raise TypeError(f"set_current_cluster needs a Cluster, got {type(cluster).__name__}")
-    token = _CURRENT.set(cluster)
-    try:
-        yield cluster
-    finally:
-        _CURRENT.reset(token)
+    return _setting(_CURRENT, cluster, Cluster, "set_current_cluster")
 
 
 def fray_job_ctx() -> JobContext:
@@ -86,27 +95,12 @@ def fray_job_ctx() -> JobContext:
     cluster's scheme gives its jobs (a DaskContext on the same Dask cluster inside a DaskCluster
     job, a ThreadContext in a LocalCluster job or a TPU host), else a DaskContext on the embedded
     cluster."""
-    ctx = _JOB_CTX.get()
-    if ctx is not None:
-        return ctx
-    spec = current_spec()
-    with _LOCK:
-        ctx = _CONTEXTS.get(spec)
-        if ctx is None:
-            ctx = _CONTEXTS[spec] = job_context_for_spec(spec)
-        return ctx
+    return _current(_JOB_CTX, _CONTEXTS, job_context_for_spec)
 
 
 get_default_job_ctx = fray_job_ctx
 
 
-@contextlib.contextmanager
-def set_job_ctx(ctx: JobContext) -> Iterator[JobContext]:
+def set_job_ctx(ctx: JobContext) -> contextlib.AbstractContextManager[JobContext]:
     """Within the block, `fray_job_ctx()` returns `ctx`."""
-    if not isinstance(ctx, JobContext):
-        raise TypeError(f"set_job_ctx needs a JobContext, got {type(ctx).__name__}")
-    token = _JOB_CTX.set(ctx)
-    try:
-        yield ctx
-    finally:
-        _JOB_CTX.reset(token)
+    return _setting(_JOB_CTX, ctx, JobContext, "set_job_ctx")
