@@ -20,7 +20,7 @@ from zephyr.errors import UserCodeFailure, WrappedUserError, ZephyrError
 from zephyr.io.atomic import existing_outputs, output_exists
 from zephyr.io.provenance import current_position
 from zephyr.io.writers import write_records
-from zephyr.op_kernels import OP_KERNELS, ShardInfo, guarded, shard_where
+from zephyr.op_kernels import OP_KERNELS, ShardInfo, guarded, registrar, shard_where
 from zephyr.ops import FlatMapOp, WriteOp, reader_name
 from zephyr.paths import render_path
 from zephyr.quarantine import ShardQuarantine, merge_stats
@@ -64,14 +64,9 @@ StepKernel = Callable[..., Iterator]
 STEP_KERNELS: dict[type, StepKernel] = {}
 
 
-def step_kernel(step_type: type) -> Callable[[StepKernel], StepKernel]:
-    """Register the kernel of a physical step kind (a Scatter step adds its class and one)."""
-
-    def register(fn: StepKernel) -> StepKernel:
-        STEP_KERNELS[step_type] = fn
-        return fn
-
-    return register
+# A physical step kind registers its kernel with `@step_kernel(<Step>)` (a Scatter step adds its
+# class and one).
+step_kernel = registrar(STEP_KERNELS)
 
 
 def _reads(op: Any) -> bool:

@@ -87,19 +87,25 @@ def guarded(gen_fn: Callable[..., Iterator], op: Any, info: ShardInfo) -> Callab
     return run
 
 
-# -- the registry: op type -> kernel(op, records, shard info, the op's OpErrors or None)
+def registrar(table: dict[type, Callable[..., Iterator]]) -> Callable[[type], Callable]:
+    """A decorator factory registering kernels in `table` under the type they run:
+    `@registrar(TABLE)(MapOp)` (shared by op kernels here and step kernels in zephyr.kernels)."""
+
+    def by_type(kind: type) -> Callable:
+        def register(fn: Callable[..., Iterator]) -> Callable[..., Iterator]:
+            table[kind] = fn
+            return fn
+
+        return register
+
+    return by_type
+
+
+# -- the registry: op type -> kernel(op, records, shard info, the op's OpErrors or None). A new
+# record op adds its class and an `@op_kernel(<Name>Op)` function.
 OpKernel = Callable[..., Iterator]
 OP_KERNELS: dict[type, OpKernel] = {}
-
-
-def op_kernel(op_type: type) -> Callable[[OpKernel], OpKernel]:
-    """Register the kernel of `op_type` (a new record op adds its class and one of these)."""
-
-    def register(fn: OpKernel) -> OpKernel:
-        OP_KERNELS[op_type] = fn
-        return fn
-
-    return register
+op_kernel = registrar(OP_KERNELS)
 
 
 @op_kernel(MapOp)

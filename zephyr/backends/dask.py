@@ -43,6 +43,7 @@ from zephyr.backends.settings import make_config
 from zephyr.errors import as_zephyr_error
 from zephyr.kernels import KeptCounts
 from zephyr.plan import Plan, Stage
+from zephyr.stages import Nested
 
 logger = logging.getLogger("zephyr")
 
@@ -54,6 +55,14 @@ TASKS_PER_SLOT = 32
 MAX_PACK = 4096
 # Stages pickled smaller than this travel inside each task; larger ones are broadcast once.
 INLINE_PAYLOAD_BYTES = 64 * 1024
+
+
+def _limited(backend: Backend, plan: Plan) -> bool:
+    """Whether `backend` or a backend nested in `plan` caps its parallelism (holds a semaphore)."""
+    backends = [backend] + [
+        step.backend for stage in plan.stages for step in stage.steps if isinstance(step, Nested)
+    ]
+    return any(getattr(b.config, "max_parallelism", None) for b in backends)
 
 
 class DaskBackend(Backend):
@@ -162,9 +171,10 @@ class DaskBackend(Backend):
             if run.board is not None:
                 run.board.end(state)
             # The semaphores of finished runs (this one's, its nested backends') leave the
-            # scheduler; a later run registers its own again.
-            with contextlib.suppress(Exception):
-                run.client.run_on_scheduler(close_idle)
+            # scheduler; a later run registers its own again. A run without a limit has none.
+            if _limited(self, plan):
+                with contextlib.suppress(Exception):
+                    run.client.run_on_scheduler(close_idle)
 
     def _new_run(self, conn: Connection, payloads: dict, scope: str) -> DaskRun:
         # A cluster whose workers are still starting gets as long as the stall rule allows.
