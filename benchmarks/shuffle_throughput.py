@@ -209,12 +209,13 @@ def memory_checks(args: argparse.Namespace) -> None:
         found[DDF] = lambda client, out: dask_dataframe(client, corpus, out, parts, False)
         return found
 
-    n = args.memory_records
+    n, began = args.memory_records, time.perf_counter()
     data = ensure_corpus(args.data, args.memory_shards, n, round(1.3 * n), 0.0, args.seed + 1)
     corpus, stats = data
     print(f"memory check: dedup of {stats['records']} records ({stats['unique']} unique keys, "
-          f"{stats['raw_bytes'] / MB:.0f} MB raw, {args.memory_shards} shards), "
-          f"budget memory={budget!r}, fresh cluster per run")  # fmt: skip
+          f"{stats['raw_bytes'] / MB:.0f} MB raw, {args.memory_shards} shards; "
+          f"budget memory={budget!r}, fresh cluster per run; corpus ready in "
+          f"{time.perf_counter() - began:.0f} s)")  # fmt: skip
     if not has_zephyr_shuffle():
         print(f"  {UNAVAILABLE}")
     for name, run in variants().items():
