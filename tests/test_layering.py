@@ -182,6 +182,9 @@ def test_every_public_name_resolves_and_costly_ones_load_late(package):
 PURE_CORES = [
     "zephyr.plan",
     "zephyr.stages",
+    "zephyr.shuffle.steps",
+    "zephyr.shuffle.keys",
+    "zephyr.shuffle.join",
     "zephyr.backends.dask_checks",
     "fray_dask.types",
     "fray_dask.sizes",

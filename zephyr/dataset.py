@@ -10,6 +10,7 @@ import posixpath
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from zephyr.dataset_shuffles import ShuffleMethods
 from zephyr.io.provenance import check_on_error
 from zephyr.ops import (
     DEFAULT_MAX_ERRORS,
@@ -55,13 +56,14 @@ def _check_positive(n: object, method: str, minimum: int = 1) -> None:
         raise ValueError(f"Dataset.{method} takes an integer >= {minimum}, got {n!r}")
 
 
-class Dataset:
+class Dataset(ShuffleMethods):
     """A lazy pipeline over shards of records.
 
     Each source item (a list element or a file) is one shard. Record ops (`map`, `flat_map`,
     `filter`) and shard ops (`map_shard`, `window`, `take_per_shard`, writers) fuse into one task
     per shard; `reshard` starts a new stage. Methods return new Datasets; nothing runs until
-    `execute`.
+    `execute`. Shuffles (`group_by`, `deduplicate`) and `sorted_merge_join`, `reduce`, `count`
+    and `take` are in zephyr.dataset_shuffles.
 
     >>> from zephyr import Dataset, SyncBackend
     >>> list(Dataset.from_list([1, 2, 3]).map(lambda x: x * 10).execute(SyncBackend()))

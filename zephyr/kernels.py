@@ -24,6 +24,10 @@ from zephyr.op_kernels import OP_KERNELS, ShardInfo, guarded, registrar, shard_w
 from zephyr.ops import FlatMapOp, WriteOp, reader_name
 from zephyr.paths import render_path
 from zephyr.quarantine import ShardQuarantine, merge_stats
+from zephyr.shuffle.join import merge_join
+from zephyr.shuffle.merge import merged_entries, reduce_groups
+from zephyr.shuffle.scatter import scatter
+from zephyr.shuffle.steps import Join, Reduce, Scatter
 from zephyr.stages import Map, Nested, Stage, Write
 
 _first = operator.itemgetter(0)
@@ -64,8 +68,7 @@ StepKernel = Callable[..., Iterator]
 STEP_KERNELS: dict[type, StepKernel] = {}
 
 
-# A physical step kind registers its kernel with `@step_kernel(<Step>)` (a Scatter step adds its
-# class and one).
+# A physical step kind registers its kernel with `@step_kernel(<Step>)`.
 step_kernel = registrar(STEP_KERNELS)
 
 
@@ -76,12 +79,14 @@ def _reads(op: Any) -> bool:
 class StageTask:
     """A stage as one task runs it: each step's kernel, looked up once for all the task's shards,
     where records_in is counted, and the task's Counts (see Counts: records read, written or
-    produced, shards skipped because their output existed)."""
+    produced, shards skipped because their output existed). `spec` is the input of the shard
+    being run (a Reduce reads its runs there, a Join its right side)."""
 
-    __slots__ = ("stage", "counts", "reader", "chain")
+    __slots__ = ("stage", "counts", "reader", "chain", "spec")
 
     def __init__(self, stage: Stage, counts: Counts):
         self.stage, self.counts = stage, counts
+        self.spec: Any = None
         # the index in Stage.ops of the op after which records_in is counted (a reader), if any
         self.reader = next((i for i, op in enumerate(stage.ops) if _reads(op)), None)
         self.chain: list[tuple[StepKernel, Any, int]] = []
@@ -103,7 +108,7 @@ class StageTask:
         it = iter(records) if self.reader is not None else counts.tally(records, "records_in")
         for kernel, step, at in self.chain:
             it = kernel(step, it, self, info, quarantine, at)
-        return it if self.stage.writes else counts.tally(it, "records_out")
+        return counts.tally(it, "records_out") if self.stage.emits_records else it
 
 
 _NO_ERRORS: dict = {}  # the skipped-record tallies of a shard without a quarantine (read only)
@@ -167,6 +172,40 @@ def _nested_step(
     return guarded(_nested, step, info)(it, step, info)
 
 
+@step_kernel(Scatter)
+def _scatter_step(
+    step: Scatter, it: Iterator, task: StageTask, info: ShardInfo, quarantine: Any, at: int
+) -> Iterator:
+    records = task.counts.tally(it, "records_out")  # what a scatter stage passes on
+    return guarded(scatter, step.op, info)(records, step, info.shard_idx)
+
+
+@step_kernel(Reduce)
+def _reduce_step(
+    step: Reduce, it: Iterator, task: StageTask, info: ShardInfo, quarantine: Any, at: int
+) -> Iterator:
+    entries = merged_entries(task.spec.runs, step, info.shard_idx)
+    return guarded(reduce_groups, step.op, info)(
+        task.counts.tally(entries, "records_in"), step, info
+    )
+
+
+@step_kernel(Join)
+def _join_step(
+    step: Join, it: Iterator, task: StageTask, info: ShardInfo, quarantine: Any, at: int
+) -> Iterator:
+    spec = task.spec.sides[step.slot]
+    side = StageTask(step.side, Counts())  # the right side's counts are not this stage's
+    side.spec = spec
+    side_info = ShardInfo(info.shard_idx, step.side.num_shards, spec.input, step.side.name)
+    right = side.run(spec.records(), side_info)
+    return guarded(_join, step.op, info)(it, right, step.op)
+
+
+def _join(it: Iterator, state: dict, right: Iterator, op: Any) -> Iterator:
+    yield from merge_join(it, right, op.left_key, op.right_key, op.combiner, op.how, state)
+
+
 def _nested(it: Iterator, state: dict, step: Nested, info: ShardInfo) -> Iterator:
     try:
         yield from step.backend.run_nested(step.stage, it)
@@ -223,6 +262,7 @@ def run_task(
             if stage.quarantine is not None:
                 path = stage.quarantine.path(shard_idx, stage.num_shards, source)
                 quarantine = ShardQuarantine(path, name, shard_idx, source, stage.ops)
+            task.spec = spec
             produced = task.run(spec.records(), info, quarantine)
             if keep:
                 outputs.extend(produced)

@@ -19,6 +19,7 @@ from zephyr.ops import (
     FlatMapOp,
     MapOp,
     MapShardOp,
+    ShardReduceOp,
     TakePerShardOp,
     WindowOp,
     reader_name,
@@ -70,9 +71,8 @@ def guarded(gen_fn: Callable[..., Iterator], op: Any, info: ShardInfo) -> Callab
 
     A record op's failure also names where its record was read (the file and line a reader set
     last in this thread); a reader's own failure already names its file and line."""
-    located = isinstance(op, (MapOp, FilterOp)) or (
-        isinstance(op, FlatMapOp) and reader_name(op.fn) is None
-    )
+    located = isinstance(op, (MapOp, FilterOp)) or getattr(op, "per_record", False)
+    located = located or (isinstance(op, FlatMapOp) and reader_name(op.fn) is None)
 
     def run(it: Iterator, *args: Any) -> Iterator:
         state = {"record": NO_RECORD}
@@ -146,6 +146,11 @@ def _take_op(op: TakePerShardOp, it: Iterator, info: ShardInfo, errors: Any) -> 
     return itertools.islice(it, op.n)
 
 
+@op_kernel(ShardReduceOp)
+def _shard_reduce_op(op: ShardReduceOp, it: Iterator, info: ShardInfo, errors: Any) -> Iterator:
+    return guarded(_shard_reduce, op, info)(it, op.fn)
+
+
 # -- the generators
 def _map(it: Iterator, state: dict, fn: Callable) -> Iterator:
     for rec in it:
@@ -191,6 +196,10 @@ def _filter(it: Iterator, state: dict, pred: Callable) -> Iterator:
 
 def _map_shard(it: Iterator, state: dict, fn: Callable, info: ShardInfo) -> Iterator:
     yield from _records(fn(it, info))
+
+
+def _shard_reduce(it: Iterator, state: dict, fn: Callable) -> Iterator:
+    yield fn(it)
 
 
 def _window(it: Iterator, size: int) -> Iterator:

@@ -220,6 +220,28 @@ class TakePerShardOp:
 
 
 @dataclass(frozen=True)
+class ShardReduceOp:
+    """Reduce each shard's records to one value: `fn(records_iterator)` (Dataset.reduce's two
+    halves, `kind` "local_reduce" or "global_reduce")."""
+
+    fn: Callable
+    kind: str = "local_reduce"
+    backend: Any = None
+
+    @property
+    def label(self) -> str:
+        return self.kind
+
+    @property
+    def detail(self) -> str:
+        return f"{self.kind}({callable_name(self.fn)})"
+
+    @property
+    def title(self) -> str:
+        return f"{self.kind}({short_name(self.fn)})"
+
+
+@dataclass(frozen=True)
 class ReshardOp:
     """Redistribute all records, in order, into `num_shards` contiguous near-equal shards."""
 
@@ -262,4 +284,6 @@ class WriteOp:
 
 # Ops that transform a stream of records inside one shard and may share a task with their
 # neighbours.
-RECORD_OPS = (MapOp, FlatMapOp, FilterOp, MapShardOp, WindowOp, TakePerShardOp, WriteOp)
+RECORD_OPS = (
+    MapOp, FlatMapOp, FilterOp, MapShardOp, WindowOp, TakePerShardOp, ShardReduceOp, WriteOp
+)  # fmt: skip

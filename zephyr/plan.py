@@ -13,6 +13,8 @@ from typing import Any
 
 from zephyr.ops import RECORD_OPS, ReshardOp, SourceOp, WriteOp
 from zephyr.paths import QuarantineTarget, check_output_compression, validate_pattern
+from zephyr.shuffle.ops import DeduplicateOp, GroupByOp, JoinOp
+from zephyr.shuffle.steps import Join, Reduce, Scatter, ScatterStage, ShuffleStep
 from zephyr.stages import Map, MapStage, Nested, Stage, Write, WriteStage
 
 
@@ -30,16 +32,19 @@ class Plan:
             f"{self.source.description} ({len(self.source.items)} shards)"
         ]
         for stage in self.stages:
-            src = (
-                f"reshard of {stage.reshard_from} shards"
-                if stage.reshard_from is not None
-                else "source"
-            )
             lines.append(
-                f"  stage {stage.number}: {stage.name}  [{stage.num_shards} shards, input: {src}]"
+                f"  stage {stage.number}: {stage.name}  [{stage.num_shards} shards, input: "
+                f"{stage.source}]"
             )
             for op in stage.ops:
                 lines.append(f"      {op.detail}")
+            for step in stage.steps:
+                if isinstance(step, Join):
+                    side = step.side
+                    lines.append(
+                        f"      right side, read in this stage's tasks: {side.name}  "
+                        f"[{side.num_shards} shards, input: {side.source}]"
+                    )
             if stage.quarantine is not None:
                 first = stage.inputs[0] if stage.inputs else None
                 where = stage.quarantine.describe(stage.num_shards, first)
@@ -48,6 +53,28 @@ class Plan:
 
     def __str__(self) -> str:
         return self.describe()
+
+    @property
+    def shuffles(self) -> bool:
+        """Whether a stage scatters records (the run needs scratch space)."""
+        return any(stage.scatters for stage in self.stages)
+
+    def bind_shuffles(self, folder_of: Any, budget: int) -> Plan:
+        """The plan with each shuffle's steps given where their runs go (`folder_of(op)`, a
+        folder of this run, then 's<stage>') and a task's memory budget in bytes."""
+
+        def bind(stage: Stage, number: Any) -> Stage:
+            steps = []
+            for step in stage.steps:
+                if isinstance(step, ShuffleStep):
+                    step = replace(step, folder=f"{folder_of(step.op)}/s{number}", budget=budget)
+                elif isinstance(step, Join):  # its side's intermediate merges: 's<N>j<slot>'
+                    step = replace(step, side=bind(step.side, f"{number}j{step.slot}"))
+                steps.append(step)
+            return replace(stage, steps=tuple(steps))
+
+        stages = [bind(stage, stage.number) for stage in self.stages]
+        return Plan(self.source, tuple(stages))
 
     def __repr__(self) -> str:
         # A REPL echoes this after `.plan()` printed the stages: one line, never the input items.
@@ -64,14 +91,16 @@ class FusionState:
     the steps of the open stage, and the record ops waiting to become its next Map step.
 
     Each kind of logical op has its method: `fuse` (a record op), `write`, `nest` (an op for
-    another backend), `reshard` (closes the stage). A shuffle adds a method that closes the stage
-    in a Scatter step and opens the next with a Reduce step.
+    another backend), `reshard` (closes the stage), `shuffle` (closes the stage in a Scatter step
+    and opens the next with a Reduce step), `join` (runs the right dataset's stages first and
+    reads its last stage inside the open one).
     """
 
     executor: Any
     num_shards: int
     inputs: tuple | None  # the source items of the open stage; None after a reshard
     reshard_from: int | None = None
+    upstream: int | None = None  # the index of the stage feeding the open one
     stages: list[Stage] = field(default_factory=list)
     steps: list = field(default_factory=list)
     pending: list = field(default_factory=list)
@@ -80,6 +109,10 @@ class FusionState:
         """Place one logical op; raises TypeError for an op the planner does not know."""
         if isinstance(op, ReshardOp):
             self.reshard(op)
+        elif isinstance(op, (GroupByOp, DeduplicateOp)):
+            self.shuffle(op)
+        elif isinstance(op, JoinOp):
+            self.join(op)
         elif not isinstance(op, RECORD_OPS):
             raise TypeError(f"unknown op {op!r}")
         elif isinstance(op, WriteOp):  # Dataset gives writers no backend of their own
@@ -111,8 +144,47 @@ class FusionState:
 
     def reshard(self, op: ReshardOp) -> None:
         self.end_stage()
+        self._follow(op.num_shards)
+
+    def _follow(self, num_shards: int) -> None:
+        """Open a stage fed by the one just closed, with `num_shards` shards."""
+        self.upstream = len(self.stages) - 1
         self.reshard_from, self.inputs = self.num_shards, None
-        self.num_shards = op.num_shards
+        self.num_shards = num_shards
+
+    def shuffle(self, op: GroupByOp | DeduplicateOp) -> None:
+        """A Scatter closes the open stage; the next starts with a Reduce of its runs."""
+        partitions = op.num_output_shards or self.num_shards
+        self._flush()
+        self.steps.append(Scatter(op, partitions))
+        self.end_stage()
+        self._follow(partitions)
+        self.steps.append(Reduce(op, self.reshard_from))
+
+    def join(self, op: JoinOp) -> None:
+        """The right dataset's stages but its last run first (they join this plan); its last
+        stage is read inside each task of the open stage, shard i beside shard i. Raises
+        ValueError (before any work starts) when the two sides' shard counts differ."""
+        right = op.right.compute_plan(self.executor)
+        side = right.stages[-1]
+        if side.num_shards != self.num_shards:
+            raise ValueError(
+                f"{op.detail}: both sides must have the same number of shards, and this dataset "
+                f"has {self.num_shards} where it joins while the right one has {side.num_shards}; "
+                "group_by both on their join key with the same num_output_shards"
+            )
+        skipping = [o for o in side.ops if getattr(o, "skips", False)]
+        if skipping:
+            raise ValueError(
+                f"{op.detail}: the right dataset's last stage is read inside the join's tasks, "
+                f"where skipped records have no quarantine, and {skipping[0].detail} has "
+                "on_error='skip'; drop it there, or end the right dataset in a group_by"
+            )
+        offset = len(self.stages)
+        self.stages.extend(_shifted(stage, offset) for stage in right.stages[:-1])
+        self._flush()
+        slot = sum(isinstance(step, Join) for step in self.steps)
+        self.steps.append(Join(op, replace(_shifted(side, offset), index=-1), slot))
 
     def _flush(self) -> None:
         if self.pending:
@@ -123,10 +195,30 @@ class FusionState:
         """Close the open stage; its kind follows from its steps."""
         self._flush()
         steps = tuple(self.steps)
-        kind = WriteStage if any(isinstance(s, Write) for s in steps) else MapStage
+        if steps and isinstance(steps[-1], Scatter):
+            kind: type[Stage] = ScatterStage
+        elif any(isinstance(s, Write) for s in steps):
+            kind = WriteStage
+        else:
+            kind = MapStage
         index = len(self.stages)
-        self.stages.append(kind(index, steps, self.num_shards, self.inputs, self.reshard_from))
+        self.stages.append(
+            kind(
+                index,
+                steps,
+                self.num_shards,
+                self.inputs,
+                self.reshard_from,
+                upstream=self.upstream,
+            )  # fmt: skip
+        )
         self.steps = []
+
+
+def _shifted(stage: Stage, offset: int) -> Stage:
+    """`stage` of another plan placed `offset` stages later in this one."""
+    upstream = None if stage.upstream is None else stage.upstream + offset
+    return replace(stage, index=stage.index + offset, upstream=upstream)
 
 
 def compute_plan(source: SourceOp, ops: tuple, executor: Any = None) -> Plan:

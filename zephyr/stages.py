@@ -96,10 +96,8 @@ class Nested:
         return NestedStage(0, (Map(self.ops),), -1, None, label=self.label)
 
 
-# Scatter (partition each shard's records by key into the next stage's shards) and Reduce (merge
-# one partition of every upstream shard and reduce per key) join these steps for shuffles: a
-# ScatterStage ends in a Scatter, and the ReduceStage after it starts with a Reduce and reads its
-# shards' inputs from the scattered outputs (its own `shard_inputs`).
+# Shuffles add Scatter, Reduce and Join (zephyr.shuffle.steps): a ScatterStage ends in a Scatter,
+# and the stage after it starts with a Reduce, whose `shard_inputs` makes that stage's inputs.
 
 
 # -- shard inputs: what the driver hands a task for each shard. NamedTuples, not dataclasses:
@@ -161,9 +159,9 @@ def reshard_slices(lengths: list[int], num_shards: int) -> list[list[tuple[int, 
 class Stage:
     """One physical stage; its kind (the subclass) says what its shards produce.
 
-    `reshard_from` is None for the first stage (its shards are the source items, `inputs`) and
-    the number of upstream shards otherwise; `quarantine` is where skipped records go (None:
-    nothing skips).
+    `upstream` is the index of the stage whose outputs feed this one, None for a first stage
+    (its shards are the source items, `inputs`); `reshard_from` is then the number of upstream
+    shards; `quarantine` is where skipped records go (None: nothing skips).
     """
 
     index: int
@@ -172,7 +170,12 @@ class Stage:
     inputs: tuple | None
     reshard_from: int | None = None
     quarantine: QuarantineTarget | None = None
+    upstream: int | None = None
     writes: ClassVar[bool] = False  # whether its shards commit files (a WriteStage)
+    # whether its shards' outputs are records (counted as they leave); a writer's are paths
+    emits_records: ClassVar[bool] = True
+    # whether its shards' outputs are runs of a shuffle (fetched, not kept on the cluster)
+    scatters: ClassVar[bool] = False
 
     @cached_property
     def ops(self) -> tuple:
@@ -180,8 +183,21 @@ class Stage:
         return tuple(entry for step in self.steps for entry in step.entries)
 
     @property
+    def _shuffled(self) -> bool:
+        """Whether the stage's first step makes its inputs (a Reduce after a shuffle)."""
+        return bool(self.steps) and hasattr(self.steps[0], "shard_inputs")
+
+    @property
     def _parts(self) -> list:
-        return ["reshard"] if self.reshard_from is not None else []
+        return ["reshard"] if self.reshard_from is not None and not self._shuffled else []
+
+    @property
+    def source(self) -> str:
+        """Where its shards come from, as plans print it."""
+        if self.reshard_from is None:
+            return "source"
+        how = "shuffle" if self._shuffled else "reshard"
+        return f"{how} of {self.reshard_from} shards"
 
     @property
     def name(self) -> str:
@@ -220,8 +236,11 @@ class Stage:
         return any(isinstance(step, Nested) for step in self.steps)
 
     def shard_inputs(self, upstream: list, lengths: list[int]) -> list[tuple[int, Any]]:
-        """(shard index, input) of each shard: the source items of a first stage; else slices of
-        the `upstream` results (kept outputs of the previous stage, with `lengths` outputs)."""
+        """(shard index, input) of each shard: the source items of a first stage; the runs
+        scattered to it after a shuffle (`upstream`: each upstream shard's outputs); else slices
+        of the `upstream` results (kept outputs of the previous stage, with `lengths` outputs)."""
+        if self._shuffled:
+            return self.steps[0].shard_inputs(self, upstream)
         if self.reshard_from is None:
             return [(i, SourceItem(item)) for i, item in enumerate(self.inputs or ())]
         slices = reshard_slices(lengths, self.num_shards)
@@ -247,6 +266,7 @@ class WriteStage(Stage):
     yields its path."""
 
     writes: ClassVar[bool] = True
+    emits_records: ClassVar[bool] = False
 
     @property
     def writer(self) -> WriteOp:

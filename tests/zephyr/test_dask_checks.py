@@ -4,12 +4,14 @@ plain worker info dicts, without Dask."""
 from __future__ import annotations
 
 import logging
+import socket
 
 import pytest
 
 from tests.imports import heavy_modules_loaded
 from zephyr import ZephyrError
 from zephyr.backends.dask_checks import (
+    remote_workers,
     requested_resources,
     stall_reason,
     task_resources,
@@ -77,3 +79,14 @@ def test_why_tasks_wait():
 
 def test_the_checks_load_no_dask():
     assert heavy_modules_loaded("import zephyr.backends.dask_checks", ("dask", "distributed")) == []
+
+
+def test_workers_on_other_machines_are_found_by_their_host():
+    workers = [
+        {"host": "127.0.0.1", "nthreads": 1},
+        {"host": "10.255.1.7", "nthreads": 2},
+        {"host": socket.gethostname()},
+        {"host": "10.255.1.7"},
+    ]
+    assert remote_workers(workers) == ["10.255.1.7"]
+    assert remote_workers(workers[:1] + workers[2:3]) == []

@@ -337,3 +337,29 @@ def test_parquet_round_trip_on_gs_with_a_widened_schema(gcs, gcs_backend):
     assert _objects(gcs, out) == [p.removeprefix("gs://") for p in paths]
     ids = Dataset.from_files(out + "/*.parquet").load_parquet(columns=["id"]).map(lambda r: r["id"])
     assert sum(ids.execute(gcs_backend)) == 2 * sum(range(5_000))
+
+
+def shard_of(doc: dict) -> int:
+    return doc["shard"]
+
+
+def ids_of(shard: int, docs) -> dict:
+    return {"shard": shard, "ids": [d["id"] for d in docs]}
+
+
+def test_a_shuffle_with_gs_scratch_runs_on_dask_workers_and_leaves_nothing(
+    gcs, gcs_backend, raw_shards
+):
+    """The runs go to gs:// (what a cluster whose workers share no disk uses), written and read
+    by the worker processes; the run's scratch objects are gone afterwards."""
+    scratch = f"gs://{BUCKET}/scratch"
+    pipeline = (
+        Dataset.from_files(f"{RAW}/*.jsonl.gz")
+        .load_jsonl()
+        .group_by(shard_of, reducer=ids_of, sort_by=lambda d: d["id"], scratch=scratch)
+    )
+    got = sorted(pipeline.execute(gcs_backend), key=lambda g: g["shard"])
+    assert got == [
+        {"shard": s, "ids": sorted(d["id"] for d in docs)} for s, docs in enumerate(SHARDS)
+    ]
+    assert _objects(gcs, scratch) == []

@@ -11,17 +11,28 @@ import abc
 import contextlib
 import itertools
 import logging
+import os
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from zephyr.backends.errors import ClusterLost, ClusterStalled, TaskLost
+from zephyr.backends.flow import (
+    bind_shuffles,
+    cluster_failure,
+    last_readers,
+    removing,
+    stage_inputs,
+    take_rounds,
+)
 from zephyr.backends.packer import Packer
 from zephyr.errors import UserCodeFailure, ZephyrError
 from zephyr.kernels import KeptCounts, TaskResult, existing_stage_outputs
 from zephyr.plan import Plan
 from zephyr.progress import StageProgress
 from zephyr.quarantine import StageErrors
+from zephyr.shuffle import scratch
 from zephyr.stages import NestedStage, SourceItem, Stage
 
 logger = logging.getLogger("zephyr")
@@ -40,21 +51,7 @@ class BackendConfig:
     num_cpus: float | None = None
     num_gpus: float | None = None
     max_retries: int = 3
-
-
-class TaskLost(Exception):
-    """Internal: a task was lost (its worker died); the driver may resubmit it."""
-
-
-class ClusterStalled(Exception):
-    """Raised by a backend hook when no current worker can run the remaining work and none has
-    for the backend's stall timeout. The message says why (0 workers, resources no worker has);
-    the driver loop adds which stage and how many shards are unfinished."""
-
-
-class ClusterLost(Exception):
-    """Raised by a backend hook when the connection to the cluster's scheduler is gone. The
-    message names the scheduler; the driver loop adds the stage and how far it got."""
+    scratch: str | None = None  # where shuffles write their runs (zephyr.shuffle.scratch)
 
 
 _UNSET = object()
@@ -93,13 +90,27 @@ class Backend(abc.ABC):
         """Run `dataset` here; returns an iterator of results in shard order (nothing runs until the
         first `next`). Raises ZephyrError when user code fails, naming the stage, shard and input.
         """
-        plan = dataset.compute_plan(self)
+        return self._execute(dataset.compute_plan(self))
+
+    def take(self, dataset: Any, n: int) -> list:
+        """The first `n` records of `dataset` in shard order (Dataset.take). The last stage's
+        shards run in rounds sized by the records each gave so far (the first round one shard),
+        so only about as many shards as needed are read; earlier stages run whole."""
+        if n == 0:
+            return []
+        plan = dataset.take_per_shard(n).compute_plan(self)
+        with contextlib.closing(self._execute(plan, limit=n)) as records:
+            return list(itertools.islice(records, n))
+
+    def _execute(self, plan: Plan, limit: int | None = None) -> Iterator:
         if self.dry_run:
             print(plan.describe())
             return iter(())
         run_id = f"r{next(_RUN_NUMBERS)}"
+        plan, folders = bind_shuffles(plan, run_id, self._scratch_root, self._task_budget())
         run = self._start_run(plan, run_id)
-        return self._run_plan(plan, run, run_id)
+        records = self._run_plan(plan, run, run_id, limit)
+        return removing(records, folders) if folders else records
 
     def run_nested(self, stage: NestedStage, records: Iterable) -> Iterator:
         """Run `stage` (a Nested step's) with each record of `records` as its own shard; stream
@@ -127,6 +138,20 @@ class Backend(abc.ABC):
         return f"{type(self).__name__}({', '.join(parts)})"
 
     # -- hooks for subclasses
+    def _scratch_root(self, op: Any) -> str:
+        """Where the runs of the shuffle `op` go: the op's `scratch`, the backend's, or the
+        default (zephyr.shuffle.scratch)."""
+        return op.scratch or self.config.scratch or self._default_scratch()
+
+    def _default_scratch(self) -> str:
+        """Where shuffles write when neither the op nor the backend says."""
+        return scratch.default_root()
+
+    def _task_budget(self) -> int:
+        """A task's memory budget in bytes (zephyr.shuffle.scratch)."""
+        threads = self.config.max_parallelism or os.cpu_count() or 1
+        return scratch.local_budget(self.config.memory, threads)
+
     def _start_run(self, plan: Plan, run_id: str) -> Any:
         """Check the plan can run here (resources, pickling) before any task is submitted; return
         the per-execution state that `_submit` receives. `run_id` names this execution ("r3")."""
@@ -210,10 +235,8 @@ class Backend(abc.ABC):
         errors.finish()
 
     # -- the driver loop
-    def _run_plan(self, plan: Plan, run: Any, run_id: str) -> Iterator:
+    def _run_plan(self, plan: Plan, run: Any, run_id: str, limit: int | None = None) -> Iterator:
         progress = self.progress
-        refs: list = []
-        lengths: list[KeptCounts] = []  # of each kept result of the previous stage
         last = plan.stages[-1]
         existing = existing_stage_outputs(last) if len(plan.stages) > 1 else None
         if existing is not None:
@@ -229,37 +252,58 @@ class Backend(abc.ABC):
             )
             yield from existing
             return
+        done: dict[int, tuple[list, list | None]] = {}  # stage index -> (its outputs, lengths)
+        readers = last_readers(plan)
         for stage in plan.stages:
             final = stage.index == len(plan.stages) - 1
-            specs = stage.shard_inputs(refs, [c.outputs for c in lengths])
-            tasks = Packer(
-                specs,
-                first=self._pack_size(run, len(specs)),
-                limit=self._max_pack(run),
-                slots=self._slots(run),
-                total=len(specs),
-            )
+            specs = stage_inputs(stage, done)
             if progress is not None:
                 progress.start(stage, len(specs), run_id, len(plan.stages))
             try:
-                if final:
+                if final and limit is not None:
+                    window = max(1, self._window(run))
+
+                    def drive(batch: list, stage: Stage = stage) -> Iterator:
+                        tasks = Packer(batch, first=1)
+                        return self._drive(run, stage, tasks, keep=False, progress=progress)
+
+                    yield from take_rounds(drive, specs, limit, window)
+                elif final:
+                    tasks = self._packer(run, specs)
                     for result in self._drive(run, stage, tasks, keep=False, progress=progress):
                         for shard_out in result.outputs:
                             yield from shard_out
+                elif stage.scatters:  # where its runs are: small, fetched to the driver
+                    tasks = self._packer(run, specs)
+                    results = self._drive(run, stage, tasks, keep=False, progress=progress)
+                    done[stage.index] = ([out for r in results for out in r.outputs], None)
                 else:
+                    tasks = self._packer(run, specs)
                     refs = list(self._drive(run, stage, tasks, keep=True, progress=progress))
                     try:
                         lengths = self._lengths(run, refs)
                     except (ClusterStalled, ClusterLost) as e:
-                        raise ZephyrError(_cluster_failure(stage, e, len(specs), 0, True)) from None
+                        raise ZephyrError(cluster_failure(stage, e, len(specs), 0, True)) from None
                     self._count_kept_errors(stage, [c.errors for c in lengths], progress)
                     if progress is not None:
                         progress.set_records(
                             sum(c.records_in for c in lengths), sum(c.records_out for c in lengths)
                         )
+                    done[stage.index] = (refs, lengths)
             finally:
                 if progress is not None:
                     progress.finish()
+            for index in [i for i, reader in readers.items() if reader == stage.index]:
+                del done[index]  # no later stage reads it: its results may go
+
+    def _packer(self, run: Any, specs: list) -> Packer:
+        return Packer(
+            specs,
+            first=self._pack_size(run, len(specs)),
+            limit=self._max_pack(run),
+            slots=self._slots(run),
+            total=len(specs),
+        )
 
     def _drive(self, run: Any, stage: Stage, tasks: Packer, keep: bool, progress: Any) -> Iterator:
         """Submit `tasks` (batches of shard specs) through a bounded window; yield their values in
@@ -313,7 +357,7 @@ class Backend(abc.ABC):
         except (ClusterStalled, ClusterLost) as e:
             unfinished = sum(len(p.shards) for p in pending if p.value is _UNSET)
             raise ZephyrError(
-                _cluster_failure(stage, e, finished_shards, unfinished, exhausted)
+                cluster_failure(stage, e, finished_shards, unfinished, exhausted)
             ) from None
         finally:
             if pending:
@@ -344,32 +388,3 @@ class Backend(abc.ABC):
         if isinstance(outcome, UserCodeFailure):
             outcome.raise_()
         p.value = outcome
-
-
-def _cluster_failure(
-    stage: Stage, error: Exception, finished: int, unfinished: int, all_submitted: bool
-) -> str:
-    """The message for a run that cannot go on because of the cluster (not the user's code)."""
-    total = stage.num_shards if stage.num_shards >= 0 else None
-    left = total - finished if total is not None else unfinished
-    queued = "" if all_submitted or total is None else f", {left - unfinished} not yet submitted"
-    where = f"stage {stage.number} '{stage.name}'"
-    done = f"{finished}/{total}" if total is not None else f"{finished}"
-    if isinstance(error, ClusterLost):
-        return (
-            f"{where}: {error}; {done} shards had finished and {left} had not ({unfinished} "
-            f"running{queued}). Outputs already committed are complete files and nothing partial "
-            "was left at a final path: restart the scheduler and its workers and run again with "
-            "skip_existing=True on the writer to compute only the missing shards"
-        )
-    if left == 0:  # every shard finished, but their outputs (kept for the next stage) are gone
-        return (
-            f"{where}: the outputs of its {done} finished shards, kept on the workers for the "
-            f"next stage, cannot be read or recomputed: {error}; check why the workers died (out "
-            "of memory, preempted) and run again (skip_existing=True on the writer keeps the "
-            "outputs already committed)"
-        )
-    return (
-        f"{where}: {left} unfinished shard(s) ({unfinished} submitted{queued}, {done} finished) "
-        f"cannot run: {error}"
-    )

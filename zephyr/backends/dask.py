@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -27,6 +28,7 @@ from zephyr.backends import dask_counts
 from zephyr.backends.base import Backend, BackendConfig
 from zephyr.backends.dask_board import StageBoard, announce
 from zephyr.backends.dask_checks import (
+    remote_workers,
     requested_resources,
     task_resources,
     wait_for_workers,
@@ -40,9 +42,10 @@ from zephyr.backends.dask_tasks import (
     task_shards,
 )
 from zephyr.backends.settings import make_config
-from zephyr.errors import as_zephyr_error
+from zephyr.errors import ZephyrError, as_zephyr_error
 from zephyr.kernels import KeptCounts
 from zephyr.plan import Plan, Stage
+from zephyr.shuffle import scratch
 from zephyr.stages import Nested
 
 logger = logging.getLogger("zephyr")
@@ -145,6 +148,25 @@ class DaskBackend(Backend):
                 parts.append(f"{name}={getattr(cfg, name)}")
         return f"DaskBackend({', '.join(parts)})"
 
+    # -- shuffles (zephyr.shuffle.scratch)
+    def _default_scratch(self) -> str:
+        """The local default, on a cluster whose workers all run on this machine; else an error:
+        workers on other machines would not see each other's runs."""
+        remote = remote_workers(self.connection.workers())
+        if remote and not os.environ.get(scratch.SCRATCH_ENV):
+            raise ZephyrError(
+                f"a shuffle (group_by, deduplicate) writes sorted runs that every worker reads, "
+                f"and this cluster has workers on other machines ({', '.join(remote[:3])}) that "
+                "cannot read this machine's temporary folder; pass scratch='gs://bucket/tmp' "
+                f"(any fsspec URL all workers reach) to DaskBackend or the op, or set "
+                f"${scratch.SCRATCH_ENV}"
+            )
+        return scratch.default_root()
+
+    def _task_budget(self) -> int:
+        budget = scratch.worker_budget(self.config.memory, self.connection.workers())
+        return budget or super()._task_budget()
+
     # -- checks before submitting (zephyr.backends.dask_checks)
     def _requested_resources(self) -> dict:
         cfg = self.config
@@ -159,10 +181,12 @@ class DaskBackend(Backend):
             run.board = StageBoard(conn.client, run_id, run.token, plan)
         return run
 
-    def _run_plan(self, plan: Plan, run: DaskRun, run_id: str) -> Iterator:
+    def _run_plan(
+        self, plan: Plan, run: DaskRun, run_id: str, limit: int | None = None
+    ) -> Iterator:
         state = "stopped"  # the caller stopped reading the results
         try:
-            yield from super()._run_plan(plan, run, run_id)
+            yield from super()._run_plan(plan, run, run_id, limit)
             state = "done"
         except Exception:
             state = "failed"

@@ -1,14 +1,19 @@
 """What the Dask backend checks before and while it runs a plan: which resources its tasks can ask
-for, whether workers exist, and why tasks wait. Functions of the workers' info dicts and the
-scheduler's view (zephyr.backends.dask_tasks.cluster_view); no Dask import, tested without Dask.
+for, whether workers exist (and on which machines), and why tasks wait. Functions of the
+workers' info dicts and the scheduler's view (zephyr.backends.dask_tasks.cluster_view); no Dask
+import, tested without Dask.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
+
+import psutil
 
 from fray_dask.resources import resource_request, unplaceable
 from zephyr.errors import ZephyrError
@@ -91,3 +96,19 @@ def stall_reason(
             "start workers that offer them"
         )
     return None
+
+
+def local_addresses() -> set[str]:
+    """The host names and IP addresses of this machine."""
+    hosts = {"127.0.0.1", "localhost", "::1", socket.gethostname()}
+    with contextlib.suppress(OSError):
+        hosts.add(socket.gethostbyname(socket.gethostname()))
+    for addresses in psutil.net_if_addrs().values():
+        hosts.update(a.address.split("%")[0] for a in addresses)
+    return hosts
+
+
+def remote_workers(workers: list[dict]) -> list[str]:
+    """The hosts of `workers` (their info dicts) that are not this machine."""
+    here = local_addresses()
+    return sorted({w["host"] for w in workers if w.get("host") and w["host"] not in here})

@@ -13,7 +13,9 @@ from zephyr.backends.base import BackendConfig
 
 __all__ = ["CONFIG_KEYS", "make_config", "parse_memory"]
 
-CONFIG_KEYS = ("address", "max_parallelism", "memory", "num_cpus", "num_gpus", "max_retries")
+CONFIG_KEYS = (
+    "address", "max_parallelism", "memory", "num_cpus", "num_gpus", "max_retries", "scratch"
+)  # fmt: skip
 
 
 def parse_memory(value: str | int | float | None) -> int | None:
@@ -47,4 +49,15 @@ def make_config(**config: Any) -> BackendConfig:
         num_cpus=_positive("num_cpus", config.get("num_cpus"), False),
         num_gpus=_positive("num_gpus", config.get("num_gpus"), False),
         max_retries=3 if retries is None else retries,
+        scratch=_folder("scratch", config.get("scratch")),
     )
+
+
+def _folder(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(
+            f"{name} must be a folder path or URL string (e.g. 'gs://bucket/tmp'), got {value!r}"
+        )
+    return value.rstrip("/") or "/"

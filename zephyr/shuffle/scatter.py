@@ -1,0 +1,141 @@
+"""The map side of a shuffle: a Scatter step's kernel. Each record is encoded once (pickle: every
+Python value comes back as it was), routed by a stable hash of its key to an output shard, and
+buffered; when the buffer reaches the task's budget (zephyr.shuffle.scratch) it is sorted by key
+and written as one spill file of runs. The shard yields (output shard, Run) pairs. No Dask."""
+
+from __future__ import annotations
+
+import itertools
+import operator
+import pickle
+import uuid
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+from zephyr.op_kernels import NO_RECORD
+from zephyr.shuffle.keys import key_bytes
+from zephyr.shuffle.runs import sort_entries, write_spill
+from zephyr.shuffle.scratch import block_bytes, buffer_bytes
+from zephyr.shuffle.steps import Scatter
+
+# What one buffered record costs besides its encoded bytes and its key's bytes: the entry tuple,
+# the bytes object, the key object and a list slot.
+ENTRY_OVERHEAD = 150
+_first = operator.itemgetter(0)
+
+
+class Spiller:
+    """One shard's buffers, one list of (sort key, payload) entries per output shard."""
+
+    def __init__(self, step: Scatter, shard: int):
+        self.step = step
+        self.buffers: list[list] = [[] for _ in range(step.partitions)]
+        self.limit = buffer_bytes(step.budget)
+        self.block = block_bytes(self.limit)
+        self.used = 0
+        self.spills = 0
+        self.base = f"{step.folder}/{shard:05d}-{uuid.uuid4().hex[:8]}"
+        self.written: list = []
+
+    def relieve(self) -> None:
+        """The buffer is full: combine it where a combiner may shrink it enough, else spill."""
+        if self.step.op.combiner is not None:
+            self.combine()
+            if self.used <= self.limit // 2:
+                return
+        self.spill(combined=True)
+
+    def spill(self, combined: bool = False) -> None:
+        """Write the buffered records (sorted by key in each output shard, combined where the op
+        has a combiner) as one spill file."""
+        if combined or self.step.op.combiner is None:
+            self.sort()
+        else:
+            self.combine()
+        if not any(self.buffers):
+            return
+        url = f"{self.base}-{self.spills}.run"
+        parts = ((p, entries) for p, entries in enumerate(self.buffers) if entries)
+        self.written.extend(write_spill(url, parts, self.block))
+        self.spills += 1
+        self.buffers = [[] for _ in self.buffers]
+        self.used = 0
+
+    def sort(self) -> None:
+        what = "keys" if self.step.op.sort_by is None else "(key, sort_by) values"
+        distinct = self.step.op.distinct
+        for p, entries in enumerate(self.buffers):
+            sort_entries(entries, what)
+            if distinct and len(entries) > 1:  # the first record of each key
+                self.buffers[p] = [next(g) for _, g in itertools.groupby(entries, key=_first)]
+
+    def combine(self) -> None:
+        """Apply the combiner to every key with more than one buffered record."""
+        self.sort()
+        op = self.step.op
+        group_key = _first if op.sort_by is None else _group_key
+        used = 0
+        for p, entries in enumerate(self.buffers):
+            out = []
+            for key, group in itertools.groupby(entries, key=group_key):
+                items = list(group)
+                if len(items) > 1:
+                    items = combined(op, key, items)
+                out.extend(items)
+                used += sum(len(payload) for _, payload in items)
+            self.buffers[p] = out
+            used += len(out) * ENTRY_OVERHEAD
+        self.used = used
+
+
+def _group_key(entry: tuple) -> Any:
+    return entry[0][0]
+
+
+def combined(op: Any, key: Any, items: list) -> list:
+    """The combiner's records for `key` in place of `items` ((sort key, payload) entries),
+    encoded as entries again."""
+    records = op.combiner(key, (pickle.loads(payload) for _, payload in items))
+    out = []
+    for record in records:
+        sort_key = key if op.sort_by is None else (key, op.sort_by(record))
+        out.append((sort_key, pickle.dumps(record, protocol=5)))
+    return out
+
+
+def scatter(it: Iterator, state: dict, step: Scatter, shard: int) -> Iterator:
+    """Buffer and spill the shard's records; yield (output shard, Run) for each run written."""
+    op = step.op
+    key_fn, sort_by, n = op.key, op.sort_by, step.partitions
+    spiller = Spiller(step, shard)
+    buffers, limit = spiller.buffers, spiller.limit
+    seen: set | None = set() if op.distinct else None
+    seen_limit, seen_bytes = limit // 4, 0
+    dumps, crc, used = pickle.dumps, zlib.crc32, 0
+    for record in it:
+        state["record"] = record
+        key = key_fn(record)
+        raw = key.encode("utf-8", "surrogatepass") if type(key) is str else key_bytes(key)
+        if seen is not None:  # deduplicate: this shard's repeats never leave it
+            try:
+                if key in seen:
+                    continue
+                seen.add(key)
+                seen_bytes += len(raw) + ENTRY_OVERHEAD
+                if seen_bytes > seen_limit:  # bounded: repeats further apart meet in the merge
+                    seen.clear()
+                    seen_bytes = 0
+            except TypeError:  # an unhashable key: the merge alone drops its repeats
+                seen = None
+        payload = dumps(record, 5)
+        buffers[crc(raw) % n].append((key if sort_by is None else (key, sort_by(record)), payload))
+        used += len(payload) + len(raw) + ENTRY_OVERHEAD
+        if used > limit:
+            state["record"] = NO_RECORD  # a failure now is the combiner's or the keys' order
+            spiller.used = used
+            spiller.relieve()
+            buffers, used = spiller.buffers, spiller.used
+    state["record"] = NO_RECORD
+    spiller.spill()
+    yield from spiller.written
