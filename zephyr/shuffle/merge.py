@@ -21,6 +21,7 @@ from zephyr.shuffle.scratch import block_bytes, buffer_bytes, fan_in
 from zephyr.shuffle.steps import Reduce
 
 _first = operator.itemgetter(0)
+_second = operator.itemgetter(1)
 
 
 def _group_key(entry: tuple) -> Any:
@@ -80,16 +81,15 @@ def reduce_groups(entries: Iterator, state: dict, step: Reduce, info: ShardInfo)
     """The reducer's values, key by key (a deduplicate: each key's first record)."""
     op = step.op
     loads = pickle.loads
-    if op.distinct:
-        for _, group in itertools.groupby(entries, key=_first):
-            yield loads(next(group)[1])
+    if op.distinct:  # each group's first entry, decoded; the rest are never decoded
+        firsts = map(next, map(_second, itertools.groupby(entries, key=_first)))
+        yield from map(loads, map(_second, firsts))
         return
     group_key = _first if op.sort_by is None else _group_key
     reducer = op.reducer
     for key, group in itertools.groupby(entries, key=group_key):
-        state["record"] = NO_RECORD
         try:
-            out = reducer(key, (loads(payload) for _, payload in group))
+            out = reducer(key, map(loads, map(_second, group)))
             if isinstance(out, Iterator):
                 yield from out
             else:

@@ -21,6 +21,7 @@ from zephyr.shuffle.keys import KeyOrderError, unorderable
 BLOCK_BYTES = 1 << 20
 _HEADER = struct.Struct("<Q")  # the pickled block's length, before each block
 _first = operator.itemgetter(0)
+_second = operator.itemgetter(1)
 
 
 class Run(NamedTuple):
@@ -58,6 +59,14 @@ def write_spill(url: str, partitions: Iterable[tuple[int, Iterable]], block_byte
 
 
 def _blocks(entries: Iterable, block_bytes: int) -> Iterator[tuple[list, list]]:
+    """(keys, payloads) of consecutive entries holding about `block_bytes` of payload each."""
+    if isinstance(entries, list):  # sliced in C: the number per block from the average size
+        size = sum(map(len, map(_second, entries)))
+        step = max(1, block_bytes * len(entries) // max(1, size))
+        for start in range(0, len(entries), step):
+            chunk = entries[start : start + step]
+            yield list(map(_first, chunk)), list(map(_second, chunk))
+        return
     keys: list = []
     payloads: list = []
     size = 0

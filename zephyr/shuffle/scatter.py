@@ -23,6 +23,7 @@ from zephyr.shuffle.steps import Scatter
 # the bytes object, the key object and a list slot.
 ENTRY_OVERHEAD = 150
 _first = operator.itemgetter(0)
+_second = operator.itemgetter(1)
 
 
 class Spiller:
@@ -37,6 +38,7 @@ class Spiller:
         self.spills = 0
         self.base = f"{step.folder}/{shard:05d}-{uuid.uuid4().hex[:8]}"
         self.written: list = []
+        self.unique = False  # no key is buffered twice: the seen-set has held every key so far
 
     def relieve(self) -> None:
         """The buffer is full: combine it where a combiner may shrink it enough, else spill."""
@@ -64,29 +66,47 @@ class Spiller:
 
     def sort(self) -> None:
         what = "keys" if self.step.op.sort_by is None else "(key, sort_by) values"
-        distinct = self.step.op.distinct
+        distinct = self.step.op.distinct and not self.unique
         for p, entries in enumerate(self.buffers):
             sort_entries(entries, what)
-            if distinct and len(entries) > 1:  # the first record of each key
-                self.buffers[p] = [next(g) for _, g in itertools.groupby(entries, key=_first)]
+            if distinct and len(entries) > 1:  # the first record of each key, picked in C
+                keys = list(map(_first, entries))
+                firsts = itertools.chain((True,), map(operator.ne, keys[1:], keys))
+                self.buffers[p] = list(itertools.compress(entries, firsts))
 
     def combine(self) -> None:
-        """Apply the combiner to every key with more than one buffered record."""
+        """Apply the combiner to every key with more than one buffered record (found in C: only
+        repeated keys cost Python work)."""
         self.sort()
         op = self.step.op
         group_key = _first if op.sort_by is None else _group_key
         used = 0
         for p, entries in enumerate(self.buffers):
-            out = []
-            for key, group in itertools.groupby(entries, key=group_key):
-                items = list(group)
-                if len(items) > 1:
-                    items = combined(op, key, items)
-                out.extend(items)
-                used += sum(len(payload) for _, payload in items)
-            self.buffers[p] = out
-            used += len(out) * ENTRY_OVERHEAD
+            keys = list(map(group_key, entries))
+            repeats = list(
+                itertools.compress(range(1, len(keys)), map(operator.eq, keys[1:], keys))
+            )
+            if repeats:
+                out, done = [], 0
+                for first, last in _spans(repeats):
+                    out.extend(entries[done : first - 1])
+                    out.extend(combined(op, keys[first], entries[first - 1 : last + 1]))
+                    done = last + 1
+                out.extend(entries[done:])
+                self.buffers[p] = entries = out
+            used += sum(map(len, map(_second, entries))) + len(entries) * ENTRY_OVERHEAD
         self.used = used
+
+
+def _spans(indexes: list[int]) -> Iterator[tuple[int, int]]:
+    """(first, last) of each run of consecutive `indexes`."""
+    first = last = indexes[0]
+    for i in indexes[1:]:
+        if i != last + 1:
+            yield first, last
+            first = i
+        last = i
+    yield first, last
 
 
 def _group_key(entry: tuple) -> Any:
@@ -111,7 +131,7 @@ def scatter(it: Iterator, state: dict, step: Scatter, shard: int) -> Iterator:
     spiller = Spiller(step, shard)
     buffers, limit = spiller.buffers, spiller.limit
     seen: set | None = set() if op.distinct else None
-    seen_limit, seen_bytes = limit // 4, 0
+    seen_limit, seen_bytes, cleared = limit // 4, 0, False
     dumps, crc, used = pickle.dumps, zlib.crc32, 0
     for record in it:
         state["record"] = record
@@ -125,7 +145,7 @@ def scatter(it: Iterator, state: dict, step: Scatter, shard: int) -> Iterator:
                 seen_bytes += len(raw) + ENTRY_OVERHEAD
                 if seen_bytes > seen_limit:  # bounded: repeats further apart meet in the merge
                     seen.clear()
-                    seen_bytes = 0
+                    seen_bytes, cleared = 0, True
             except TypeError:  # an unhashable key: the merge alone drops its repeats
                 seen = None
         payload = dumps(record, 5)
@@ -133,9 +153,10 @@ def scatter(it: Iterator, state: dict, step: Scatter, shard: int) -> Iterator:
         used += len(payload) + len(raw) + ENTRY_OVERHEAD
         if used > limit:
             state["record"] = NO_RECORD  # a failure now is the combiner's or the keys' order
-            spiller.used = used
+            spiller.used, spiller.unique = used, seen is not None and not cleared
             spiller.relieve()
             buffers, used = spiller.buffers, spiller.used
     state["record"] = NO_RECORD
+    spiller.unique = seen is not None and not cleared
     spiller.spill()
     yield from spiller.written
