@@ -115,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="times a task lost with its worker is retried (default 3)",
     )
     p.add_argument(
+        "--scratch",
+        default=None,
+        metavar="URL",
+        help="where shuffles (group_by, deduplicate) write their sorted runs, e.g. gs://b/tmp "
+        "(default: $ZEPHYR_SCRATCH, else this machine's temporary folder)",
+    )
+    p.add_argument(
         "--dry-run",
         action="store_true",
         help="every pipeline the script executes prints its plan and yields nothing, and no "
@@ -231,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         "num_cpus": args.num_cpus,
         "num_gpus": args.num_gpus,
         "max_retries": args.retries,
+        "scratch": args.scratch,
     }
     if args.backend == "dask":
         config["address"] = args.cluster

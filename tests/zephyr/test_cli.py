@@ -33,6 +33,7 @@ SCRIPT = textwrap.dedent(
         cfg = backend.config
         print("backend", type(backend).__name__, cfg.max_parallelism, cfg.memory, cfg.num_cpus,
               cfg.max_retries, "inner", inner.config.max_parallelism, inner.config.memory)
+        print("scratch", cfg.scratch, inner.config.scratch)
         print("args", sys.argv[1:])
         ds = Dataset.from_list([1, 2, 3]).map(tens).reshard(2)
         print("results", list(backend.execute(ds)))
@@ -70,15 +71,16 @@ def test_help_lists_every_flag():
     out = zephyr("--help")
     assert out.returncode == 0
     for flag in ("--backend", "--cluster", "--max-parallelism", "--memory", "--num-cpus",
-                 "--num-gpus", "--retries", "--dry-run", "--entry-point"):  # fmt: skip
+                 "--num-gpus", "--retries", "--scratch", "--dry-run", "--entry-point"):  # fmt: skip
         assert flag in out.stdout
 
 
 def test_flags_configure_flow_backend_and_overrides_inherit(script):
     out = zephyr("--backend", "sync", "--max-parallelism", "8", "--memory", "2GB", "--num-cpus",
-                 "2", "--retries", "5", script, "--input", "x")  # fmt: skip
+                 "2", "--retries", "5", "--scratch", "/tmp/s", script, "--input", "x")  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "backend SyncBackend 8 2000000000 2.0 5 inner 2 2000000000" in out.stdout
+    assert "scratch /tmp/s /tmp/s" in out.stdout
     assert "args ['--input', 'x']" in out.stdout
     assert "results [10, 20, 30]" in out.stdout
 

@@ -119,3 +119,29 @@ def test_the_shuffle_hash_is_the_same_in_every_process(key):
 def test_keys_equal_in_python_go_to_the_same_shard():
     assert partition_of(1, 97) == partition_of(1.0, 97) == partition_of(True, 97)
     assert partition_of((1, "a"), 97) == partition_of((1.0, "a"), 97)
+
+
+def test_a_combiner_under_a_small_buffer_shrinks_it_in_place_and_counts_stay_exact(tmp_path):
+    """Count per key with a combiner: the buffer fills again and again (~9 MiB of records per
+    shard, 4 MiB buffer), is combined in place each time, and the reducer sees a handful of
+    partial counts per key, not every record."""
+    sizes: list[int] = []
+
+    def partial(key, items):
+        return [{"key": key, "n": sum(i["n"] for i in items)}]
+
+    def total(key, items):
+        items = list(items)
+        sizes.append(len(items))
+        return (key, sum(i["n"] for i in items))
+
+    backend = SyncBackend(memory="8MB", scratch=str(tmp_path / "scratch"))
+    pipeline = (
+        _dataset(shards=4, per_shard=30_000)
+        .map(lambda r: {"key": r["key"], "n": 1, "pad": r["text"]})
+        .group_by(lambda r: r["key"], reducer=total, combiner=partial, num_output_shards=2)
+    )
+    got, peak = _peak_during(lambda: list(backend.execute(pipeline)))
+    assert sorted(got) == [(f"k{i:05d}", 24) for i in range(5000)]
+    assert max(sizes) <= 8  # at most a couple of partial counts per map shard
+    assert peak < 2 * scratch.MIN_BUFFER, f"peak {peak / MIB:.1f} MiB"

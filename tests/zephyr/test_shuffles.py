@@ -361,3 +361,15 @@ def test_a_shuffle_on_a_cluster_with_remote_workers_needs_a_shared_scratch(monke
     shared = DaskBackend("tcp://10.255.1.7:8786", scratch="memory://shared")
     assert shared._scratch_root(data.compute_plan().stages[0].steps[-1].op) == "memory://shared"
     assert shared._task_budget() == 4e9
+
+
+def test_a_run_never_started_or_stopped_early_leaves_no_scratch(backend, tmp_path):
+    scratch = tmp_path / "scratch"
+    pipeline = docs().group_by(url, reducer=count_group, num_output_shards=7, scratch=str(scratch))
+    unstarted = backend.execute(pipeline)
+    del unstarted
+    assert not scratch.exists() or os.listdir(scratch) == []
+    results = backend.execute(pipeline)
+    next(results)
+    results.close()
+    assert os.listdir(scratch) == []

@@ -110,7 +110,7 @@ class Backend(abc.ABC):
         plan, folders = bind_shuffles(plan, run_id, self._scratch_root, self._task_budget())
         run = self._start_run(plan, run_id)
         records = self._run_plan(plan, run, run_id, limit)
-        return removing(records, folders) if folders else records
+        return removing(records, plan, folders) if folders else records
 
     def run_nested(self, stage: NestedStage, records: Iterable) -> Iterator:
         """Run `stage` (a Nested step's) with each record of `records` as its own shard; stream

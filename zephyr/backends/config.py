@@ -32,7 +32,8 @@ def create_backend(kind: str = "dask", **config: Any) -> Backend:
     """A new backend of `kind` ("dask", "threads"/"threadpool" or "sync").
 
     Config keys: `address` (Dask only: a scheduler address or Client; None = embedded cluster),
-    `max_parallelism`, `memory` ("8GB"), `num_cpus`, `num_gpus`, `max_retries`.
+    `max_parallelism`, `memory` ("8GB"), `num_cpus`, `num_gpus`, `max_retries`, `scratch` (where
+    shuffles write their runs: a folder or fsspec URL).
 
     >>> create_backend("sync", max_parallelism=4)
     SyncBackend(max_parallelism=4)

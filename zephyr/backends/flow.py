@@ -24,8 +24,8 @@ def bind_shuffles(
     plan: Plan, run_id: str, root_of: Callable[[Any], str], budget: int
 ) -> tuple[Plan, list[str]]:
     """`plan` with its shuffles given this run's scratch folders (under `root_of(op)`) and a
-    task's memory `budget` (zephyr.shuffle.scratch); the run's folders, created now, to remove
-    when the run ends."""
+    task's memory `budget` (zephyr.shuffle.scratch), and the run's folders (`removing` creates
+    and removes them)."""
     if not plan.shuffles:
         return plan, []
     folders: dict[str, str] = {}
@@ -36,14 +36,15 @@ def bind_shuffles(
             folders[root] = scratch.run_folder(root, run_id)
         return folders[root]
 
-    plan = plan.bind_shuffles(folder_of, budget)
+    return plan.bind_shuffles(folder_of, budget), list(folders.values())
+
+
+def step_folders(plan: Plan) -> set[str]:
+    """The scratch folders the shuffle steps of a bound `plan` write in."""
     stages = [*plan.stages]
     stages += [step.side for stage in plan.stages for step in stage.steps if isinstance(step, Join)]
     steps = [step for stage in stages for step in stage.steps]
-    for folder in {step.folder for step in steps if isinstance(step, ShuffleStep)}:
-        fs, path = filesystem(folder)
-        fs.makedirs(path, exist_ok=True)
-    return plan, list(folders.values())
+    return {step.folder for step in steps if isinstance(step, ShuffleStep)}
 
 
 def take_rounds(
@@ -94,17 +95,26 @@ def last_readers(plan: Plan) -> dict[int, int]:
     return readers
 
 
-def removing(records: Iterator, folders: list[str]) -> Iterator:
-    """`records`, then the run's scratch folders removed, however the run ends (the caller
-    stopping early included)."""
+def removing(records: Iterator, plan: Plan, folders: list[str]) -> Iterator:
+    """`records`, with the run's scratch folders created when the run starts (its first result is
+    asked for) and removed however it ends (the caller stopping early included)."""
     try:
+        for folder in step_folders(plan):
+            fs, path = filesystem(folder)
+            fs.makedirs(path, exist_ok=True)
         yield from records
     finally:
-        for folder in folders:
-            try:
-                scratch.remove(folder)
-            except Exception as e:  # never hides the run's own outcome
-                logger.warning("could not remove the shuffle scratch folder %s: %s", folder, e)
+        remove_folders(folders)
+
+
+def remove_folders(folders: list[str]) -> None:
+    """Remove a run's scratch folders; a failure is logged, never raised over the run's own
+    outcome."""
+    for folder in folders:
+        try:
+            scratch.remove(folder)
+        except Exception as e:
+            logger.warning("could not remove the shuffle scratch folder %s: %s", folder, e)
 
 
 def cluster_failure(
