@@ -15,7 +15,7 @@ and writes 16 uncompressed JSONL files into a fresh folder, on N workers (one pe
                     zephyr backend's own client
   design (a)        shuffle_design_a.py: an encoded payload column through Dask's P2P shuffle
   zephyr            Dataset.load_jsonl().deduplicate(...) / .map().group_by(reducer, combiner),
-                    num_output_shards=16 (skipped, with a note, while zephyr has no such ops)
+                    num_output_shards=16
 Every variant must write one record per unique key, and for count counts that sum to the records.
 Printed: each variant's best time and ratios zephyr / dask.dataframe p2p (target <= 1.0 on 2
 cores), zephyr / one-process dict, zephyr / multiprocessing, design (a) / zephyr.
@@ -47,7 +47,6 @@ from shuffle_data import PeakRSS, ensure_corpus, read_output
 from shuffle_design_a import design_a, small_part_spread
 from shuffle_variants import (
     dask_dataframe,
-    has_zephyr_shuffle,
     multiprocessing_shuffle,
     one_process_count,
     one_process_dedup,
@@ -65,7 +64,6 @@ ONE, MP, DDF, DESIGN_A, ZEPHYR = (
     "design (a) prototype",
     "zephyr",
 )
-UNAVAILABLE = "zephyr: not available on this branch"
 
 
 def _warm_pool(_: int) -> int:
@@ -120,9 +118,8 @@ def run_workload(
         DDF: lambda out: dask_dataframe(client, corpus, out, parts, count),
         DESIGN_A: lambda out: design_a(client, corpus, out, parts, count),
     }
-    if ctx["zephyr"]:
-        backend = ctx["backend"]
-        variants[ZEPHYR] = lambda out: zephyr_shuffle(backend, corpus, out, parts, count)
+    backend = ctx["backend"]
+    variants[ZEPHYR] = lambda out: zephyr_shuffle(backend, corpus, out, parts, count)
     workload = "count" if count else "dedup"
     checker = Checker(stats, count)
     best = best_times(variants, ctx["data"], repeat, checker, prefix=f"out-shuffle-{workload}")
@@ -136,15 +133,12 @@ def run_workload(
               f"{records} records in {files} files{extra}  "
               f"{seconds / best[ONE]:.2f}x one-process")  # fmt: skip
     print(f"  ratio design (a) / dask.dataframe p2p = {best[DESIGN_A] / best[DDF]:.2f}")
-    if ZEPHYR in best:
-        z = best[ZEPHYR]
-        print(f"  ratio zephyr / dask.dataframe p2p = {z / best[DDF]:.2f} (target <= 1.0) "
-              f"{met(z <= best[DDF])}")  # fmt: skip
-        print(f"  ratio zephyr / one-process dict = {z / best[ONE]:.2f}")
-        print(f"  ratio zephyr / multiprocessing = {z / best[MP]:.2f}")
-        print(f"  ratio design (a) / zephyr = {best[DESIGN_A] / z:.2f}")
-    else:
-        print(f"  {UNAVAILABLE}")
+    z = best[ZEPHYR]
+    print(f"  ratio zephyr / dask.dataframe p2p = {z / best[DDF]:.2f} (target <= 1.0) "
+          f"{met(z <= best[DDF])}")  # fmt: skip
+    print(f"  ratio zephyr / one-process dict = {z / best[ONE]:.2f}")
+    print(f"  ratio zephyr / multiprocessing = {z / best[MP]:.2f}")
+    print(f"  ratio design (a) / zephyr = {best[DESIGN_A] / z:.2f}")
     if checker.bad:
         print(f"  !!! {workload}: wrong output from {', '.join(sorted(checker.bad))}")
     return best
@@ -201,10 +195,9 @@ def memory_checks(args: argparse.Namespace) -> None:
 
     def variants() -> dict[str, Callable]:
         found: dict[str, Callable] = {}
-        if has_zephyr_shuffle():
-            found[ZEPHYR] = lambda client, out: zephyr_shuffle(
-                DaskBackend(client, memory=budget), corpus, out, parts, False
-            )
+        found[ZEPHYR] = lambda client, out: zephyr_shuffle(
+            DaskBackend(client, memory=budget), corpus, out, parts, False
+        )
         found[DESIGN_A] = lambda client, out: design_a(client, corpus, out, parts, False)
         found[DDF] = lambda client, out: dask_dataframe(client, corpus, out, parts, False)
         return found
@@ -216,8 +209,6 @@ def memory_checks(args: argparse.Namespace) -> None:
           f"{stats['raw_bytes'] / MB:.0f} MB raw, {args.memory_shards} shards; "
           f"budget memory={budget!r}, fresh cluster per run; corpus ready in "
           f"{time.perf_counter() - began:.0f} s)")  # fmt: skip
-    if not has_zephyr_shuffle():
-        print(f"  {UNAVAILABLE}")
     for name, run in variants().items():
         measured(name, args, data, run)
 
@@ -227,8 +218,6 @@ def memory_checks(args: argparse.Namespace) -> None:
     print(f"skewed: dedup of {stats['records']} records, {args.skew:.0%} share one key "
           f"({stats['unique']} unique keys, {stats['raw_bytes'] / MB:.0f} MB raw), "
           f"budget memory={budget!r}")  # fmt: skip
-    if not has_zephyr_shuffle():
-        print(f"  {UNAVAILABLE}")
     for name, run in variants().items():
         measured(name, args, data, run)
 
@@ -294,7 +283,6 @@ def main() -> None:
             "backend": backend,
             "pool": pool,
             "workers": workers,
-            "zephyr": has_zephyr_shuffle(),
         }
         for count in (False, True):
             run_workload(count, ctx, stats, args.repeat)

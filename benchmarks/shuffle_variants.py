@@ -182,13 +182,7 @@ def dask_dataframe(client: Any, corpus: Path, out: Path, parts: int, count: bool
     )
 
 
-# -- zephyr (the ops arrive with the group_by/deduplicate work; see has_zephyr_shuffle)
-def has_zephyr_shuffle() -> bool:
-    from zephyr import Dataset
-
-    return all(hasattr(Dataset, op) for op in ("deduplicate", "group_by"))
-
-
+# -- zephyr
 def zephyr_shuffle(backend: Any, corpus: Path, out: Path, parts: int, count: bool) -> None:
     from zephyr import Dataset
 
