@@ -380,6 +380,25 @@ def test_task_groups_show_run_stage_and_functions_and_keep_runs_apart(dask_backe
     assert {prefix for _, prefix in names} == expected
 
 
+def _parity(x):
+    return x % 2
+
+
+def _size(key, items):
+    return (key, sum(1 for _ in items))
+
+
+def test_a_shuffles_stages_show_as_scatter_and_reduce_in_the_dashboard(dask_backend):
+    ds = Dataset.from_list(range(8)).map(_clean).group_by(_parity, reducer=_size)
+    with scheduler_groups(dask_backend.client) as names:
+        assert sorted(dask_backend.execute(ds)) == [(0, 4), (1, 4)]
+    run = names[0][0].split(".")[0]
+    assert {group for group, _ in names} == {
+        f"{run}.s1.map(_clean).scatter(_parity)",
+        f"{run}.s2.reduce(_size)",
+    }
+
+
 def test_a_nested_stages_tasks_are_named_after_their_parent_stage(dask_backend, tmp_path):
     outer_probe = ConcurrencyProbe.create(tmp_path, "outer")
     inner_probe = ConcurrencyProbe.create(tmp_path, "inner")

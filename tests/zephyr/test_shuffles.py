@@ -6,6 +6,7 @@ every run."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 
@@ -373,3 +374,16 @@ def test_a_run_never_started_or_stopped_early_leaves_no_scratch(backend, tmp_pat
     next(results)
     results.close()
     assert os.listdir(scratch) == []
+
+
+def test_the_progress_lines_name_the_scatter_and_reduce_stages(caplog):
+    logger = logging.getLogger("zephyr")
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="zephyr"):
+            list(SyncBackend().execute(docs().group_by(lang, reducer=count_group)))
+    finally:
+        logger.removeHandler(caplog.handler)
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("s1/2] 'flat_map(<lambda>) -> scatter(lang)': 4/4 shards" in m for m in lines)
+    assert any("s2/2] 'reduce(count_group)': 4/4 shards" in m and "out 3" in m for m in lines)

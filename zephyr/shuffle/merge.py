@@ -15,7 +15,7 @@ from typing import Any
 
 from zephyr.errors import short_repr
 from zephyr.op_kernels import NO_RECORD, ShardInfo, user_failure
-from zephyr.shuffle.runs import Run, merged, read_run, sort_entries, write_spill
+from zephyr.shuffle.runs import Run, merged, write_spill
 from zephyr.shuffle.scatter import combined
 from zephyr.shuffle.scratch import block_bytes, buffer_bytes, fan_in
 from zephyr.shuffle.steps import Reduce
@@ -37,12 +37,6 @@ def merged_entries(runs: tuple, step: Reduce, shard: int) -> Iterator[tuple[Any,
     width, block = fan_in(buffer), block_bytes(buffer)
     what = "keys" if op.sort_by is None else "(key, sort_by) values"
     runs = list(runs)
-    if len(runs) > 1 and 3 * sum(run.length for run in runs) <= buffer:
-        # all of them fit in the buffer: one stable sort of the runs read in order is the merge
-        entries = [entry for run in runs for entry in read_run(run)]
-        sort_entries(entries, what)
-        yield from entries
-        return
     rounds = 0
     while len(runs) > width:
         fewer: list[Run] = []
