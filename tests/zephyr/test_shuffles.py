@@ -14,6 +14,7 @@ import pytest
 
 from zephyr import Dataset, SyncBackend, ZephyrError
 from zephyr.backends.dask import DaskBackend
+from zephyr.shuffle.keys import partition_of
 
 DOCS = [
     {"id": i, "lang": ["en", "de", "fr"][i % 3], "url": f"u{i % 7}", "text": f"doc {i}"}
@@ -387,3 +388,15 @@ def test_the_progress_lines_name_the_scatter_and_reduce_stages(caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert any("s1/2] 'flat_map(<lambda>) -> scatter(lang)': 4/4 shards" in m for m in lines)
     assert any("s2/2] 'reduce(count_group)': 4/4 shards" in m and "out 3" in m for m in lines)
+
+
+def test_two_shuffles_in_a_row_and_a_join_with_an_unshuffled_right_side(backend):
+    counts = docs().group_by(url, reducer=count_group, num_output_shards=3)
+    by_size = counts.deduplicate(lambda r: r["n"], num_output_shards=2)
+    assert sorted(r["n"] for r in backend.execute(by_size)) == [8, 9]
+    # the right side: three plain source shards, u1's row in the shard group_by sends u1 to
+    parts: list[list] = [[], [], []]
+    parts[partition_of("u1", 3)].append({"url": "u1", "site": "one"})
+    names = Dataset.from_list(parts).flat_map(lambda x: x)
+    joined = list(backend.execute(counts.sorted_merge_join(names, lambda r: r["key"], url)))
+    assert joined == [{"key": "u1", "n": 9, "url": "u1", "site": "one"}]

@@ -55,7 +55,7 @@ def merged_entries(runs: tuple, step: Reduce, shard: int) -> Iterator[tuple[Any,
 def _folded(entries: Iterator, op: Any) -> Iterator:
     """An intermediate merge's entries, each key's first only (deduplicate) or combined."""
     if op.distinct:
-        return (next(group) for _, group in itertools.groupby(entries, key=_first))
+        return map(next, map(_second, itertools.groupby(entries, key=_first)))
     if op.combiner is None:
         return entries
     group_key = _first if op.sort_by is None else _group_key

@@ -10,7 +10,7 @@ import operator
 import pickle
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from zephyr.op_kernels import NO_RECORD
@@ -113,9 +113,9 @@ def _group_key(entry: tuple) -> Any:
     return entry[0][0]
 
 
-def combined(op: Any, key: Any, items: list) -> list:
-    """The combiner's records for `key` in place of `items` ((sort key, payload) entries),
-    encoded as entries again."""
+def combined(op: Any, key: Any, items: Iterable) -> list:
+    """The combiner's records for `key` in place of `items` ((sort key, payload) entries, read
+    once), encoded as entries again."""
     records = op.combiner(key, (pickle.loads(payload) for _, payload in items))
     out = []
     for record in records:

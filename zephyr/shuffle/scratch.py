@@ -7,10 +7,11 @@ removed when the run ends, whether it succeeded or not.
 
 Memory: a task's budget is the backend's `memory` setting (the MEMORY resource each task claims),
 else the Dask workers' memory limit divided by their threads, else (SyncBackend, ThreadBackend)
-this machine's memory divided by twice the threads. A scatter task buffers at most half of what
-is left of the budget once its process's own memory is counted (at least MIN_BUFFER), then spills
-a sorted run; a reduce task reads each run a block at a time and merges at most as many runs at
-once as blocks fit in that buffer, in passes when there are more.
+this machine's memory divided by twice `max_parallelism` (the CPU count when unset). A scatter
+task buffers at most half of what is left of the budget once its process's own memory is counted
+(at least MIN_BUFFER), then spills a sorted run; a reduce task reads each run a block at a time
+and merges at most as many runs at once as blocks fit in that buffer, in passes when there are
+more.
 """
 
 from __future__ import annotations
