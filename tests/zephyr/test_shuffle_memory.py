@@ -117,8 +117,26 @@ def test_the_shuffle_hash_is_the_same_in_every_process(key):
 
 
 def test_keys_equal_in_python_go_to_the_same_shard():
+    np = pytest.importorskip("numpy")
     assert partition_of(1, 97) == partition_of(1.0, 97) == partition_of(True, 97)
     assert partition_of((1, "a"), 97) == partition_of((1.0, "a"), 97)
+    assert partition_of(np.int64(7), 97) == partition_of(7, 97) == partition_of(np.float32(7), 97)
+    assert partition_of(np.str_("ab"), 97) == partition_of("ab", 97)
+    assert partition_of([np.int32(3), "x"], 97) == partition_of((3, "x"), 97)
+
+
+def test_numpy_and_python_numbers_that_are_equal_form_one_group():
+    np = pytest.importorskip("numpy")
+    values = [1, np.int64(1), 2.0, np.int32(2), np.float64(1.0), 3] * 5
+    data = Dataset.from_list([values[i::4] for i in range(4)]).flat_map(lambda x: x)
+    got = list(
+        SyncBackend().execute(
+            data.group_by(
+                lambda v: v, reducer=lambda k, it: (k, len(list(it))), num_output_shards=7
+            )
+        )
+    )
+    assert sorted((int(k), n) for k, n in got) == [(1, 15), (2, 10), (3, 5)]
 
 
 def test_a_combiner_under_a_small_buffer_shrinks_it_in_place_and_counts_stay_exact(tmp_path):

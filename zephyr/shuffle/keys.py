@@ -3,6 +3,7 @@ str), and the error for keys that cannot be ordered. Pure: no I/O, no Dask."""
 
 from __future__ import annotations
 
+import numbers
 import pickle
 import zlib
 from typing import Any
@@ -17,20 +18,25 @@ class KeyOrderError(TypeError):
 
 
 def key_bytes(key: Any) -> bytes:
-    """Bytes that are equal for equal keys in every process: UTF-8 for str, the digits for int
-    (and for bool and integral floats, which compare equal to ints), msgpack for tuples, lists
-    and dicts of those (dict keys sorted), pickle for other objects. Sets are refused: their
-    order, hence their bytes, differs between processes."""
+    """Bytes that are equal for equal keys in every process: UTF-8 for str, the digits for
+    integers (and for bools and integral floats, which compare equal to them, numpy's included),
+    the parts' bytes for tuples and lists, msgpack for dicts of those (keys sorted), pickle for
+    other objects. Sets are refused: their order, hence their bytes, differs between processes."""
     kind = type(key)
     if kind is str:
         return key.encode("utf-8", "surrogatepass")
-    if kind is bytes:
-        return key
     if kind is int or kind is bool:
         return b"%d" % key
-    if kind is float:
-        return b"%d" % key if key.is_integer() else repr(key).encode()
-    if kind is tuple:
+    if isinstance(key, str):  # numpy.str_ and other subclasses: equal to their str
+        return str.encode(key, "utf-8", "surrogatepass")
+    if isinstance(key, bytes):
+        return b"b" + bytes(key)
+    if isinstance(key, numbers.Real):  # numpy numbers and Fractions equal Python's ints/floats
+        value = float(key) if not isinstance(key, numbers.Integral) else int(key)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        return b"%d" % value if isinstance(value, int) else repr(value).encode()
+    if isinstance(key, (tuple, list)):
         return b"\x1e".join([key_bytes(part) for part in key]) + b"\x1d"
     if isinstance(key, (set, frozenset)):
         raise TypeError(
