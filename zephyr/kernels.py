@@ -26,7 +26,7 @@ from zephyr.paths import render_path
 from zephyr.quarantine import ShardQuarantine, merge_stats
 from zephyr.shuffle.join import merge_join
 from zephyr.shuffle.merge import merged_entries, reduce_groups
-from zephyr.shuffle.scatter import scatter
+from zephyr.shuffle.scatter import Spiller, scatter
 from zephyr.shuffle.steps import Join, Reduce, Scatter
 from zephyr.stages import Map, Nested, Stage, Write
 
@@ -80,13 +80,15 @@ class StageTask:
     """A stage as one task runs it: each step's kernel, looked up once for all the task's shards,
     where records_in is counted, and the task's Counts (see Counts: records read, written or
     produced, shards skipped because their output existed). `spec` is the input of the shard
-    being run (a Reduce reads its runs there, a Join its right side)."""
+    being run (a Reduce reads its runs there, a Join its right side); `pooled` holds what a step
+    shares across the task's shards (a Scatter's buffers), each finished when the task ends."""
 
-    __slots__ = ("stage", "counts", "reader", "chain", "spec")
+    __slots__ = ("stage", "counts", "reader", "chain", "spec", "pooled")
 
     def __init__(self, stage: Stage, counts: Counts):
         self.stage, self.counts = stage, counts
         self.spec: Any = None
+        self.pooled: dict[int, Any] = {}
         # the index in Stage.ops of the op after which records_in is counted (a reader), if any
         self.reader = next((i for i, op in enumerate(stage.ops) if _reads(op)), None)
         self.chain: list[tuple[StepKernel, Any, int]] = []
@@ -177,7 +179,10 @@ def _scatter_step(
     step: Scatter, it: Iterator, task: StageTask, info: ShardInfo, quarantine: Any, at: int
 ) -> Iterator:
     records = task.counts.tally(it, "records_out")  # what a scatter stage passes on
-    return guarded(scatter, step.op, info)(records, step, info.shard_idx)
+    spiller = task.pooled.get(id(step))
+    if spiller is None:  # the task's first shard: one buffer for all its shards
+        spiller = task.pooled[id(step)] = Spiller(step, info.shard_idx)
+    return guarded(scatter, step.op, info)(records, spiller)
 
 
 @step_kernel(Reduce)
@@ -279,6 +284,11 @@ def run_task(
             if quarantine is not None:
                 quarantine.abort(e)
             return UserCodeFailure.capture(f"{shard_where(info)}: {type(e).__name__}: {e}", e)
+    try:  # what the shards left pooled (a scatter's last runs) goes with the last shard's outputs
+        for pooled in task.pooled.values():
+            (outputs if keep else outputs[-1]).extend(pooled.finish(info))
+    except WrappedUserError as e:
+        return e.failure
     counts.settle()
     return TaskResult(outputs, counts.records_out, counts.skipped, errors, counts.records_in)
 

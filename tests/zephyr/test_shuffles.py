@@ -400,3 +400,20 @@ def test_two_shuffles_in_a_row_and_a_join_with_an_unshuffled_right_side(backend)
     names = Dataset.from_list(parts).flat_map(lambda x: x)
     joined = list(backend.execute(counts.sorted_merge_join(names, lambda r: r["key"], url)))
     assert joined == [{"key": "u1", "n": 9, "url": "u1", "site": "one"}]
+
+
+def test_tiny_shards_packed_into_a_task_share_its_runs(dask_backend, tmp_path):
+    """2,000 one-record shards run in a few dozen Dask tasks; each task writes one spill file for
+    all its shards (not one file per shard), so the reducers open a few dozen runs."""
+    scratch = tmp_path / "scratch"
+
+    def files_seen(key, items):
+        runs = [n for _, _, names in os.walk(scratch) for n in names if n.endswith(".run")]
+        return (key, sum(1 for _ in items), len(runs))
+
+    pipeline = Dataset.from_list(range(2000)).group_by(
+        lambda x: x % 10, reducer=files_seen, num_output_shards=4, scratch=str(scratch)
+    )
+    got = list(dask_backend.execute(pipeline))
+    assert sorted((k, n) for k, n, _ in got) == [(k, 200) for k in range(10)]
+    assert max(files for _, _, files in got) < 200
