@@ -33,11 +33,12 @@ def merged_entries(runs: tuple, step: Reduce, shard: int) -> Iterator[tuple[Any,
     for); more runs than the task may read at once are first merged into fewer, `fan_in` at a
     time, keeping their order."""
     op = step.op
-    buffer = buffer_bytes(step.budget)
-    width, block = fan_in(buffer), block_bytes(buffer)
     what = "keys" if op.sort_by is None else "(key, sort_by) values"
     runs = list(runs)
-    rounds = 0
+    rounds, width = 0, 2  # any task may merge two runs at once: the budget is read for more
+    if len(runs) > width:
+        buffer = buffer_bytes(step.budget)
+        width, block = fan_in(buffer), block_bytes(buffer)
     while len(runs) > width:
         fewer: list[Run] = []
         for i in range(0, len(runs), width):
