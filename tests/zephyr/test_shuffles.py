@@ -351,6 +351,8 @@ def test_a_shuffle_on_a_cluster_with_remote_workers_needs_a_shared_scratch(monke
     given scratch=, the same plan binds to it."""
 
     class RemoteConnection:
+        address = "tcp://10.255.1.7:8786"
+
         def workers(self):
             return [{"host": "10.255.1.7", "nthreads": 1, "memory_limit": 4e9}]
 

@@ -152,7 +152,7 @@ class DaskBackend(Backend):
     def _default_scratch(self) -> str:
         """The local default, on a cluster whose workers all run on this machine; else an error:
         workers on other machines would not see each other's runs."""
-        remote = remote_workers(self.connection.workers())
+        remote = remote_workers(self._workers(self.connection))
         if remote and not os.environ.get(scratch.SCRATCH_ENV):
             raise ZephyrError(
                 f"a shuffle (group_by, deduplicate) writes sorted runs that every worker reads, "
@@ -164,7 +164,7 @@ class DaskBackend(Backend):
         return scratch.default_root()
 
     def _task_budget(self) -> int:
-        budget = scratch.worker_budget(self.config.memory, self.connection.workers())
+        budget = scratch.worker_budget(self.config.memory, self._workers(self.connection))
         return budget or super()._task_budget()
 
     # -- checks before submitting (zephyr.backends.dask_checks)
@@ -200,11 +200,15 @@ class DaskBackend(Backend):
                 with contextlib.suppress(Exception):
                     run.client.run_on_scheduler(close_idle)
 
-    def _new_run(self, conn: Connection, payloads: dict, scope: str) -> DaskRun:
-        # A cluster whose workers are still starting gets as long as the stall rule allows.
+    def _workers(self, conn: Connection) -> list[dict]:
+        """The cluster's workers' info; a cluster whose workers are still starting gets as long
+        as the stall rule allows (a shuffle's scratch and budget are decided on them)."""
         rule = f"the rule: no_worker_timeout={self.no_worker_timeout:g} s"
         address = conn.address or str(self.address)
-        workers = wait_for_workers(conn.workers, address, self.no_worker_timeout, rule)
+        return wait_for_workers(conn.workers, address, self.no_worker_timeout, rule)
+
+    def _new_run(self, conn: Connection, payloads: dict, scope: str) -> DaskRun:
+        workers = self._workers(conn)
         resources = task_resources(self._requested_resources(), workers, self._warned)
         threads = sum(w.get("nthreads", 1) for w in workers)
         return DaskRun(
