@@ -107,7 +107,7 @@ class Backend(abc.ABC):
             print(plan.describe())
             return iter(())
         run_id = f"r{next(_RUN_NUMBERS)}"
-        plan, folders = bind_shuffles(plan, run_id, self._scratch_root, self._task_budget())
+        plan, folders = bind_shuffles(plan, run_id, self._scratch_root, self._task_budget)
         run = self._start_run(plan, run_id)
         records = self._run_plan(plan, run, run_id, limit)
         return removing(records, plan, folders) if folders else records

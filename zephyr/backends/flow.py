@@ -21,11 +21,11 @@ logger = logging.getLogger("zephyr")
 
 
 def bind_shuffles(
-    plan: Plan, run_id: str, root_of: Callable[[Any], str], budget: int
+    plan: Plan, run_id: str, root_of: Callable[[Any], str], budget: Callable[[], int]
 ) -> tuple[Plan, list[str]]:
     """`plan` with its shuffles given this run's scratch folders (under `root_of(op)`) and a
-    task's memory `budget` (zephyr.shuffle.scratch), and the run's folders (`removing` creates
-    and removes them)."""
+    task's memory budget (`budget()`, asked only of a plan that shuffles: zephyr.shuffle.scratch),
+    and the run's folders (`removing` creates and removes them)."""
     if not plan.shuffles:
         return plan, []
     folders: dict[str, str] = {}
@@ -36,7 +36,7 @@ def bind_shuffles(
             folders[root] = scratch.run_folder(root, run_id)
         return folders[root]
 
-    return plan.bind_shuffles(folder_of, budget), list(folders.values())
+    return plan.bind_shuffles(folder_of, budget()), list(folders.values())
 
 
 def step_folders(plan: Plan) -> set[str]:
