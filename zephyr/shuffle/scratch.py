@@ -66,10 +66,9 @@ def worker_budget(memory: int | None, workers: list[dict]) -> int | None:
     return int(min(limits)) if limits else None
 
 
-def buffer_bytes(budget: int | None) -> int:
-    """What a task may buffer, in this process now: half of `budget` less the process's memory."""
-    if not budget:
-        return local_budget(None, os.cpu_count() or 1) // 2
+def buffer_bytes(budget: int) -> int:
+    """What a task may buffer, in this process now: half of `budget` (set on every shuffle step
+    when a backend starts the run) less the process's memory."""
     used = psutil.Process().memory_info().rss
     return max(MIN_BUFFER, (budget - used) // 2)
 
