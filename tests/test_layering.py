@@ -163,7 +163,7 @@ def test_modules_stay_under_the_size_limit(module):
     assert lines < MAX_LINES, f"{MODULES[module]} has {lines} lines; split it along a named seam"
 
 
-@pytest.mark.parametrize("package", ["fray_dask", "tpu", "zephyr", "zephyr.io"])
+@pytest.mark.parametrize("package", ["fray_dask", "fray_dask.rl", "tpu", "zephyr", "zephyr.io"])
 def test_every_public_name_resolves_and_costly_ones_load_late(package):
     """Each package lists its public names in `__all__`; those in its `_LAZY` table load their
     module on first use (fray_dask.exports), the rest are imported by the package itself."""

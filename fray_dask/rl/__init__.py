@@ -1,0 +1,14 @@
+"""fray_dask.rl: the coordinators of RL training on fray_dask actors: a curriculum that hands out
+lessons, and weight transfer from the trainer to rollout workers.
+
+Names load on first use (PEP 562), so `import fray_dask.rl` loads neither Dask, pyarrow nor JAX.
+"""
+
+from __future__ import annotations
+
+from fray_dask.exports import lazy_names
+
+_LAZY: dict[str, str] = {}
+
+__all__ = sorted(_LAZY)
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)
