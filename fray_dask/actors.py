@@ -7,7 +7,9 @@ No Dask import here; the Dask handle lives in fray_dask.dask_context.
 from __future__ import annotations
 
 import abc
+import asyncio
 import concurrent.futures
+import inspect
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -83,7 +85,10 @@ class ActorHandle(abc.ABC):
 
 class LocalActorHandle(ActorHandle):
     """An actor living in this process. With an executor (ThreadContext) its methods run one at a
-    time on the actor's own thread, as a Ray actor's do; without (SyncContext), in the caller."""
+    time on the actor's own thread, as a Ray actor's do; without (SyncContext), in the caller.
+    `async def` methods run on an event loop of the actor's own (one thread, started on the first
+    such call), as a Dask actor's run on its worker's loop: a call that awaits does not hold up
+    the actor's other calls."""
 
     def __init__(
         self,
@@ -97,11 +102,15 @@ class LocalActorHandle(ActorHandle):
         self._executor = executor
         self._on_kill = on_kill
         self._dead = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_lock = threading.Lock()
 
     def _call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self._dead.is_set():
             raise ActorLostError(f"actor {self.actor_name} was killed; create it again")
         fn = getattr(self._instance, method)
+        if inspect.iscoroutinefunction(fn):
+            return asyncio.run_coroutine_threadsafe(fn(*args, **kwargs), self._event_loop())
         if self._executor is not None:
             return self._executor.submit(fn, *args, **kwargs)
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
@@ -111,8 +120,32 @@ class LocalActorHandle(ActorHandle):
             future.set_exception(e)
         return future
 
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        with self._loop_lock:
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                threading.Thread(
+                    target=_run_loop, args=(self._loop,), name="fray-actor-loop", daemon=True
+                ).start()
+            return self._loop
+
+    def stop_loop(self) -> None:
+        """Stops the thread running `async def` methods, if one started (the context closing)."""
+        with self._loop_lock:
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._loop.stop)
+                self._loop = None
+
     def kill(self) -> None:
         self._dead.set()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+        self.stop_loop()
         self._on_kill()
+
+
+def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()

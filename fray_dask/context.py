@@ -125,6 +125,7 @@ class _InProcessContext(JobContext):
     def __init__(self, names_local_to: str | None = None) -> None:
         self._named: dict[str, LocalActorHandle] = {}
         self._named_lock = threading.Lock()
+        self._handles: list[LocalActorHandle] = []  # whose event loops close() stops
         # The cluster spec whose jobs each get a context of their own, when this context is a
         # job's on such a cluster (names then reach no other job): warned about on use.
         self._names_local_to = names_local_to
@@ -163,9 +164,15 @@ class _InProcessContext(JobContext):
                         del self._named[name]
 
             handle = LocalActorHandle(cls(*args, **kwargs), name, self._actor_executor(), forget)
+            self._handles.append(handle)
             if name is not None:
                 self._named[name] = handle
             return handle
+
+    def close(self) -> None:
+        """Stops the event loops of the actors' `async def` methods."""
+        for handle in self._handles:
+            handle.stop_loop()
 
 
 def _warn_unshared(name: str, spec: str) -> None:
@@ -227,3 +234,4 @@ class ThreadContext(_InProcessContext):
         self._pool.shutdown(wait=True)
         for pool in self._actor_pools:
             pool.shutdown(wait=True)
+        super().close()

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from fray_dask.exports import lazy_names
 
-_LAZY: dict[str, str] = {}
+_LAZY = {
+    "SingletonActor": "fray_dask.rl.singleton",
+    "WeightCoordinator": "fray_dask.rl.weights",
+    "WeightTransferClient": "fray_dask.rl.weights",
+    "WeightTransferConfig": "fray_dask.rl.weights",
+    "WeightTransferServer": "fray_dask.rl.weights",
+    "WeightsInfo": "fray_dask.rl.weights",
+    "WeightsUnavailable": "fray_dask.rl.flight",
+}
 
 __all__ = sorted(_LAZY)
 __getattr__, __dir__ = lazy_names(__name__, _LAZY)

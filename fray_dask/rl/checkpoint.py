@@ -1,0 +1,82 @@
+"""Weights as files: each publication an Arrow IPC stream `step-<step>.weights` in an fsspec folder
+(local or gs://), committed whole, the oldest removed beyond a count. For rollouts that start later
+or cannot reach the trainer.
+
+Imports pyarrow and fsspec; no Dask.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+
+from fray_dask.rl.layout import Flattened, Layout, assemble
+
+_NAME = re.compile(r"step-(\d{12})\.weights$")
+
+
+def path_of(folder: str, step: int) -> str:
+    return f"{folder.rstrip('/')}/step-{step:012d}.weights"
+
+
+def write(folder: str, weights: Flattened, keep: int) -> str:
+    """Writes `weights` under `folder` and returns its path once it is whole: on local disk a
+    temporary file renamed into place, on an object store one object (created whole when its
+    upload ends). Then removes all but the `keep` newest weights files there."""
+    fs, root = fsspec.core.url_to_fs(folder)
+    fs.makedirs(root, exist_ok=True)
+    final = path_of(folder, weights.layout.step)
+    local = _is_local(fs)
+    target = f"{final}.tmp-{uuid.uuid4().hex[:8]}" if local else final
+    with fsspec.open(target, "wb") as f:
+        sink = pa.PythonFile(f, mode="w")
+        with pa.ipc.new_stream(sink, weights.layout.schema()) as writer:
+            for batch in weights.batches():
+                writer.write_batch(batch)
+    if local:
+        os.replace(fs._strip_protocol(target), fs._strip_protocol(final))
+    _prune(fs, root, keep)
+    return final
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
+
+
+def _prune(fs: fsspec.AbstractFileSystem, root: str, keep: int) -> None:
+    steps = sorted(
+        (int(m.group(1)), path)
+        for path in fs.ls(root, detail=False)
+        if (m := _NAME.search(path)) is not None
+    )
+    for _, path in steps[: max(len(steps) - keep, 0)]:
+        try:
+            fs.rm(path)
+        except FileNotFoundError:  # another process pruned it first
+            pass
+
+
+def read(path: str) -> tuple[Layout, list[np.ndarray]]:
+    """The layout and leaves stored at `path` (a local file is memory-mapped, its leaves viewed
+    without a copy); raises ValueError if the file is cut short or is not a weights file,
+    FileNotFoundError if it is gone."""
+    fs, local_path = fsspec.core.url_to_fs(path)
+    if _is_local(fs):
+        return _read(path, pa.memory_map(local_path))
+    with fs.open(local_path, "rb") as f:
+        return _read(path, pa.PythonFile(f, mode="r"))
+
+
+def _read(path: str, source: pa.NativeFile) -> tuple[Layout, list[np.ndarray]]:
+    try:
+        reader = pa.ipc.open_stream(source)
+        layout = Layout.from_schema(reader.schema)
+        return layout, assemble(layout, reader)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise ValueError(f"the weights file {path} is damaged: {e}") from e
