@@ -120,6 +120,39 @@ class Counter:
         raise KeyError("no such lesson")
 
 
+class Gate:
+    """An actor with `async def` methods: `wait` returns True once `open` was called, False after
+    `timeout` seconds; `calls` is an ordinary method."""
+
+    def __init__(self) -> None:
+        self.opened = False
+        self.n = 0
+        self._event = None
+
+    async def wait(self, timeout: float) -> bool:
+        import asyncio
+
+        if self._event is None:
+            self._event = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+        except TimeoutError:
+            pass
+        return self.opened
+
+    async def open(self) -> None:
+        import asyncio
+
+        self.opened = True
+        if self._event is None:
+            self._event = asyncio.Event()
+        self._event.set()
+
+    def calls(self) -> int:
+        self.n += 1
+        return self.n
+
+
 def increment_named_counter(name: str, times: int) -> None:
     """A job that finds the named Counter (creating it if needed) and increments it."""
     from fray_dask import fray_job_ctx

@@ -28,7 +28,8 @@ from tests.zephyr.probes import ConcurrencyProbe
 @pytest.fixture(params=["sync", "threads", "dask"])
 def ctx(request):
     if request.param == "sync":
-        yield SyncContext()
+        with SyncContext() as c:
+            yield c
     elif request.param == "threads":
         with ThreadContext(max_workers=4) as c:
             yield c
@@ -94,6 +95,17 @@ def test_actor_methods_are_called_with_remote(ctx):
         counter.decr  # noqa: B018
     with pytest.raises(AttributeError, match="Counter.n is not a method|has no method 'n'"):
         counter.n  # noqa: B018
+
+
+def test_async_actor_methods_wait_without_holding_up_the_actors_other_calls(ctx):
+    """`async def` methods run on an event loop (a Dask worker's, or the in-process actor's own),
+    not on the actor's thread: while one call awaits, other calls are answered."""
+    gate = ctx.create_actor(jobs.Gate)
+    waiting = gate.wait.remote(60)
+    assert ctx.get(gate.calls.remote(), timeout=30) == 1
+    assert not ctx.get(gate.wait.remote(0.05), timeout=30)  # not opened yet: times out
+    ctx.get(gate.open.remote(), timeout=30)
+    assert ctx.get(waiting, timeout=30) is True
 
 
 def test_named_actors_are_shared_and_names_are_unique(ctx):
