@@ -9,6 +9,11 @@ from __future__ import annotations
 from fray_dask.exports import lazy_names
 
 _LAZY = {
+    "Curriculum": "fray_dask.rl.curriculum",
+    "CurriculumConfig": "fray_dask.rl.curriculum_types",
+    "LessonConfig": "fray_dask.rl.curriculum_types",
+    "LessonDependency": "fray_dask.rl.curriculum_types",
+    "RolloutStats": "fray_dask.rl.curriculum_types",
     "SingletonActor": "fray_dask.rl.singleton",
     "WeightCoordinator": "fray_dask.rl.weights",
     "WeightTransferClient": "fray_dask.rl.weights",
@@ -16,6 +21,7 @@ _LAZY = {
     "WeightTransferServer": "fray_dask.rl.weights",
     "WeightsInfo": "fray_dask.rl.weights",
     "WeightsUnavailable": "fray_dask.rl.flight",
+    "get_or_create_curriculum_actor": "fray_dask.rl.curriculum",
 }
 
 __all__ = sorted(_LAZY)
