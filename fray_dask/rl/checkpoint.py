@@ -7,14 +7,13 @@ Imports pyarrow and fsspec; no Dask.
 
 from __future__ import annotations
 
-import os
 import re
-import uuid
 
 import fsspec
 import numpy as np
 import pyarrow as pa
 
+from fray_dask.files import atomic_output, is_local
 from fray_dask.rl.layout import Flattened, Layout, assemble
 
 _NAME = re.compile(r"step-(\d{12})\.weights$")
@@ -25,28 +24,17 @@ def path_of(folder: str, step: int) -> str:
 
 
 def write(folder: str, weights: Flattened, keep: int) -> str:
-    """Writes `weights` under `folder` and returns its path once it is whole: on local disk a
-    temporary file renamed into place, on an object store one object (created whole when its
-    upload ends). Then removes all but the `keep` newest weights files there."""
-    fs, root = fsspec.core.url_to_fs(folder)
-    fs.makedirs(root, exist_ok=True)
+    """Writes `weights` under `folder` and returns its path once it is whole (through
+    fray_dask.files.atomic_output: readers never see part of it), then removes all but the `keep`
+    newest weights files there."""
     final = path_of(folder, weights.layout.step)
-    local = _is_local(fs)
-    target = f"{final}.tmp-{uuid.uuid4().hex[:8]}" if local else final
-    with fsspec.open(target, "wb") as f:
-        sink = pa.PythonFile(f, mode="w")
-        with pa.ipc.new_stream(sink, weights.layout.schema()) as writer:
+    with atomic_output(final) as f:
+        with pa.ipc.new_stream(pa.PythonFile(f, mode="w"), weights.layout.schema()) as writer:
             for batch in weights.batches():
                 writer.write_batch(batch)
-    if local:
-        os.replace(fs._strip_protocol(target), fs._strip_protocol(final))
+    fs, root = fsspec.core.url_to_fs(folder)
     _prune(fs, root, keep)
     return final
-
-
-def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol in ("file", "local")
 
 
 def _prune(fs: fsspec.AbstractFileSystem, root: str, keep: int) -> None:
@@ -67,7 +55,7 @@ def read(path: str) -> tuple[Layout, list[np.ndarray]]:
     without a copy); raises ValueError if the file is cut short or is not a weights file,
     FileNotFoundError if it is gone."""
     fs, local_path = fsspec.core.url_to_fs(path)
-    if _is_local(fs):
+    if is_local(fs):
         return _read(path, pa.memory_map(local_path))
     with fs.open(local_path, "rb") as f:
         return _read(path, pa.PythonFile(f, mode="r"))

@@ -33,13 +33,10 @@ The rules, for `Curriculum`:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import os
 import posixpath
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -254,10 +251,11 @@ class Curriculum:
     # -- checkpoints ------------------------------------------------------------------------------
     def save_checkpoint(self, checkpoint_dir: str, filename: str = CHECKPOINT_FILE) -> str:
         """Writes the state as JSON to `checkpoint_dir`/`filename` (any fsspec folder; created if
-        missing) and returns that path. Atomic: a local file is written beside the target and
-        renamed over it; an object store's single write is already atomic."""
+        missing) and returns that path, atomically (fray_dask.files.atomic_output): a reader
+        sees the old checkpoint or the whole new one."""
         import fsspec
-        from fsspec.implementations.local import LocalFileSystem
+
+        from fray_dask.files import atomic_output
 
         state = {
             "version": CHECKPOINT_VERSION,
@@ -269,21 +267,9 @@ class Curriculum:
         }
         text = json.dumps(state, indent=1, allow_nan=False)
         fs, folder = fsspec.core.url_to_fs(checkpoint_dir)
-        fs.makedirs(folder, exist_ok=True)
         path = posixpath.join(folder, filename)
-        if isinstance(fs, LocalFileSystem):
-            handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{filename}.", suffix=".tmp")
-            try:
-                with os.fdopen(handle, "w") as f:
-                    f.write(text)
-                os.replace(temporary, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(temporary)
-                raise
-        else:
-            with fs.open(path, "w") as f:
-                f.write(text)
+        with atomic_output(fs.unstrip_protocol(path)) as f:
+            f.write(text.encode())
         logger.info("curriculum: saved step %d to %s", self.current_step, path)
         return fs.unstrip_protocol(path)
 

@@ -5,20 +5,7 @@ from __future__ import annotations
 
 import fsspec
 
-_OBJECT_STORES = {"gs", "gcs", "s3", "s3a", "az", "abfs", "abfss", "adl"}
-
-
-def protocols(fs: fsspec.AbstractFileSystem) -> set[str]:
-    return {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
-
-
-def is_local(fs: fsspec.AbstractFileSystem) -> bool:
-    return bool(protocols(fs) & {"file", "local"})
-
-
-def publishes_on_close(fs: fsspec.AbstractFileSystem) -> bool:
-    """Object stores make an object visible only when its upload completes (on close)."""
-    return bool(protocols(fs) & _OBJECT_STORES)
+from fray_dask.files import is_local
 
 
 def _hidden(relative: str, pattern_rel: str) -> bool:

@@ -18,8 +18,8 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fray_dask.files import publishes_on_close
 from zephyr.io.atomic import atomic_output, commit, temporary_beside
-from zephyr.io.fs import publishes_on_close
 from zephyr.io.provenance import current_position
 
 READ_BATCH_ROWS = 1024  # rows turned into Python dicts at a time
