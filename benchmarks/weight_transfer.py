@@ -11,8 +11,11 @@ together by an Event; each fetches the weights once and reports its bytes and se
 receivers x bytes / wall time from the release to the last receiver done. Every row checks every
 leaf's shape and a sample sum against the trainer's. Rows (--rows, default all):
   tcp         raw tcp 1->1: one sender process sendall()s every leaf's buffer, one receiver
-              recv_into()s a preallocated buffer (the baseline: the practical limit here); and
-              raw tcp 1->4: the sender serves the receivers at once, a thread per connection
+              recv_into()s a preallocated, paged-in buffer (the baseline: the practical limit
+              here); raw tcp 1->4: the sender serves the receivers at once, a thread per
+              connection; and both again "(fresh memory)": the receiver allocates its buffer
+              inside the timed part, so its pages fault in as bytes arrive, as they must for any
+              receiver that keeps the weights it already holds while new ones arrive
   flight      WeightTransferServer / WeightTransferClient(device_put=True), the library default:
               Arrow Flight from the trainer's process, the tree lands as JAX arrays
   checkpoint  the same with flight=False, checkpoint_path=<a local temporary folder>: the trainer
@@ -53,6 +56,7 @@ POLLS = 500
 ROWS = ("tcp", "flight", "checkpoint", "dask")
 SETUP_SECONDS = 180.0  # to start a row's processes, build the weights and connect
 TCP_1, TCP_N = "raw tcp 1->1", "raw tcp 1->{n}"
+FRESH = " (fresh memory)"
 LABELS = {"flight": "flight", "checkpoint": "checkpoint (local disk)", "dask": "dask data transfer"}
 PUBLISH = {
     "flight": "publish (serve_weights)",
@@ -203,10 +207,14 @@ def _rss_text(row: Row) -> str:
 
 def report(rows: list[Row], args: argparse.Namespace) -> None:
     base = next((r for r in rows if r.name == TCP_1), None)
+    fresh = next((r for r in rows if r.name == TCP_1 + FRESH), None)
     print(f"weights: {rows[0].nbytes / GB:.3f} GB in {args.leaves} float32 leaves; "
           f"{args.receivers} receivers; {len(rows)} rows")  # fmt: skip
     for row in rows:
-        ratio = f" ({row.total / base.total:.2f}x {TCP_1})" if base else ""
+        ratio = f" ({row.total / base.total:.2f}x {TCP_1}" if base else ""
+        if fresh and row.kind != "tcp":
+            ratio += f", {row.total / fresh.total:.2f}x {fresh.name}"
+        ratio += ")" if base else ""
         per = ", ".join(f"{g:.2f}" for g in row.per_receiver)
         extra = "".join(f"; {note}" for note in row.notes)
         if row.kind == "checkpoint":
@@ -227,9 +235,9 @@ def report(rows: list[Row], args: argparse.Namespace) -> None:
         if row.kind == "tcp":
             continue
         role = " (library default)" if row.kind == "flight" else " (comparison)"
-        if base:
-            share = row.total / base.total
-            print(f"  {row.name}{role}: total throughput {share:.2f}x {TCP_1} (>= 0.5x) "
+        for baseline in (b for b in (base, fresh) if b):
+            share = row.total / baseline.total
+            print(f"  {row.name}{role}: total throughput {share:.2f}x {baseline.name} (>= 0.5x) "
                   f"{_verdict(share >= 0.5)}")  # fmt: skip
         above = (row.rss["peak"] - row.rss["idle"]) / row.nbytes
         absolute = row.rss["peak"] / row.nbytes
@@ -300,10 +308,12 @@ def main() -> None:
         for kind in [r for r in ROWS if r in rows]:
             spec = {**base, "kind": kind, "coordinator": f"wt-bench-{kind}-{uuid.uuid4().hex[:6]}"}
             if kind == "tcp":
-                measured.append(run_row(TCP_1, {**spec, "receivers": 1}, 1))
-                if args.receivers > 1:
-                    name = TCP_N.format(n=args.receivers)
-                    measured.append(run_row(name, spec, args.receivers))
+                for suffix, fresh in (("", False), (FRESH, True)):
+                    one = {**spec, "receivers": 1, "fresh": fresh}
+                    measured.append(run_row(TCP_1 + suffix, one, 1))
+                    if args.receivers > 1:
+                        name = TCP_N.format(n=args.receivers) + suffix
+                        measured.append(run_row(name, {**spec, "fresh": fresh}, args.receivers))
                 continue
             busy = None
             if kind == "checkpoint":

@@ -130,18 +130,20 @@ def _host(leaf: Any, jax: Any) -> np.ndarray:
 
 
 def assemble(layout: Layout, batches: Iterable[pa.RecordBatch]) -> list[np.ndarray]:
-    """The leaves `layout` describes, read from `batches` in order: a leaf that came as one batch
-    is a read-only view of it, a larger one is copied together. Raises ValueError if the stream
-    ends early or carries more bytes than the layout (never a partly filled tree)."""
+    """The leaves `layout` describes, read from `batches` in order. Each leaf's bytes are copied,
+    as they arrive, into an array of its own aligned to 64 bytes, which `jax.device_put` on a CPU
+    adopts without a second copy; a batch is let go once copied, so the transport reuses its
+    buffers. Raises ValueError if the stream ends early or carries more bytes than the layout
+    (never a partly filled tree)."""
     sizes = layout.nbytes
     leaves: list[np.ndarray] = []
     stream = iter(batches)
     for index, (name, shape, size) in enumerate(
         zip(layout.dtypes, layout.shapes, sizes, strict=True)
     ):
-        parts: list[np.ndarray] = []
+        leaf = _aligned(size)
         got = 0
-        while got < size or not parts:
+        while True:  # a leaf is one batch or more (an empty leaf: one empty batch)
             batch = next(stream, None)
             if batch is None:
                 raise ValueError(
@@ -149,21 +151,29 @@ def assemble(layout: Layout, batches: Iterable[pa.RecordBatch]) -> list[np.ndarr
                     f"{size} bytes; the sender stopped or the file is cut short"
                 )
             part = _bytes_of(batch)
-            parts.append(part)
+            if got + part.nbytes > size:
+                raise ValueError(
+                    f"leaf {index} of the weights of step {layout.step} has more than the "
+                    f"{size} bytes its layout says: the stream does not match its layout"
+                )
+            leaf[got : got + part.nbytes] = part
             got += part.nbytes
-        if got != size:
-            raise ValueError(
-                f"leaf {index} of the weights of step {layout.step} has {got} bytes, its layout "
-                f"says {size}: the stream does not match its layout"
-            )
-        flat = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        leaves.append(flat.view(_dtype(name)).reshape(shape))
+            if got == size:
+                break
+        leaves.append(leaf.view(_dtype(name)).reshape(shape))
     extra = next(stream, None)
     if extra is not None:
         raise ValueError(
             f"the weights of step {layout.step} carry more batches than their {len(sizes)} leaves"
         )
     return leaves
+
+
+def _aligned(size: int, alignment: int = 64) -> np.ndarray:
+    """An uninitialised uint8 array of `size` bytes starting on an `alignment`-byte boundary."""
+    raw = np.empty(size + alignment, dtype=np.uint8)
+    start = -raw.ctypes.data % alignment
+    return raw[start : start + size]
 
 
 def _bytes_of(batch: pa.RecordBatch) -> np.ndarray:
