@@ -292,7 +292,12 @@ def main(argv: list[str] | None = None) -> dict:
     ]
     cluster.monitor(trainer)  # streams the trainer's lines until it ends
     cluster.wait(trainer, raise_on_failure=True)
-    ended = cluster.wait(rollouts, timeout=settings.timeout)
+    try:  # rollouts stop within a batch of the trainer's DONE marker
+        ended = cluster.wait(rollouts, timeout=settings.timeout)
+    except TimeoutError:  # one is still queued for a worker (after losing its own): stop it
+        for job in rollouts:
+            cluster.terminate(job)
+        ended = [cluster.poll(job) for job in rollouts]
     return _summary(settings, ended)
 
 
