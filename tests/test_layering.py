@@ -70,6 +70,19 @@ def _imports(module: str) -> list[tuple[str, str, int]]:
 GRAPH = {module: _imports(module) for module in MODULES}
 
 
+def test_the_fray_dask_core_never_imports_the_rl_coordinators_above_it():
+    """fray_dask/rl/ builds on fray_dask's core (contexts, actors, files); nothing in the core
+    imports it back."""
+    wrong = [
+        f"{module}:{line} imports {target}"
+        for module, imports in GRAPH.items()
+        if module.startswith("fray_dask") and not module.startswith("fray_dask.rl")
+        for target, _, line in imports
+        if target.startswith("fray_dask.rl")
+    ]
+    assert wrong == []
+
+
 @pytest.mark.parametrize("package", PACKAGES)
 def test_imports_point_down_the_layers(package):
     wrong = [
