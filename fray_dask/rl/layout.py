@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import mmap
 import pickle
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -138,10 +139,11 @@ def assemble(layout: Layout, batches: Iterable[pa.RecordBatch]) -> list[np.ndarr
     sizes = layout.nbytes
     leaves: list[np.ndarray] = []
     stream = iter(batches)
+    places = _arena(sizes)
     for index, (name, shape, size) in enumerate(
         zip(layout.dtypes, layout.shapes, sizes, strict=True)
     ):
-        leaf = _aligned(size)
+        leaf = places[index]
         got = 0
         while True:  # a leaf is one batch or more (an empty leaf: one empty batch)
             batch = next(stream, None)
@@ -169,11 +171,20 @@ def assemble(layout: Layout, batches: Iterable[pa.RecordBatch]) -> list[np.ndarr
     return leaves
 
 
-def _aligned(size: int, alignment: int = 64) -> np.ndarray:
-    """An uninitialised uint8 array of `size` bytes starting on an `alignment`-byte boundary."""
-    raw = np.empty(size + alignment, dtype=np.uint8)
-    start = -raw.ctypes.data % alignment
-    return raw[start : start + size]
+def _arena(sizes: list[int], alignment: int = 64) -> list[np.ndarray]:
+    """One uint8 array per size, each starting on an `alignment`-byte boundary, carved from one
+    fresh private anonymous memory map that asks for transparent huge pages. (Leaves allocated
+    one by one come from malloc's heap once a process has freed large blocks, backed by 4 KB
+    pages: filling 1 GB measured 0.5-2.2 s there against 0.14 s in huge pages.)"""
+    starts, total = [], 0
+    for size in sizes:
+        starts.append(total)
+        total += -(-size // alignment) * alignment
+    memory = mmap.mmap(-1, max(total, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        memory.madvise(mmap.MADV_HUGEPAGE)
+    whole = np.frombuffer(memory, dtype=np.uint8)  # keeps the map alive while any leaf lives
+    return [whole[start : start + size] for start, size in zip(starts, sizes, strict=True)]
 
 
 def _bytes_of(batch: pa.RecordBatch) -> np.ndarray:
