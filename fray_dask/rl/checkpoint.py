@@ -65,6 +65,8 @@ def _read(path: str, source: pa.NativeFile) -> tuple[Layout, list[np.ndarray]]:
     try:
         reader = pa.ipc.open_stream(source)
         layout = Layout.from_schema(reader.schema)
-        return layout, assemble(layout, reader)
+        # Batches of a mapped file are views of the page cache, and those read from an object
+        # store are buffers of their own: views of either stay valid, so no copy here.
+        return layout, assemble(layout, reader, copy=False)
     except (pa.ArrowInvalid, OSError) as e:
         raise ValueError(f"the weights file {path} is damaged: {e}") from e

@@ -130,20 +130,25 @@ def _host(leaf: Any, jax: Any) -> np.ndarray:
     return np.array(leaf, copy=True, order="C")
 
 
-def assemble(layout: Layout, batches: Iterable[pa.RecordBatch]) -> list[np.ndarray]:
-    """The leaves `layout` describes, read from `batches` in order. Each leaf's bytes are copied,
-    as they arrive, into an array of its own aligned to 64 bytes, which `jax.device_put` on a CPU
-    adopts without a second copy; a batch is let go once copied, so the transport reuses its
-    buffers. Raises ValueError if the stream ends early or carries more bytes than the layout
-    (never a partly filled tree)."""
+def assemble(
+    layout: Layout, batches: Iterable[pa.RecordBatch], copy: bool = True
+) -> list[np.ndarray]:
+    """The leaves `layout` describes, read from `batches` in order. Raises ValueError if the
+    stream ends early or carries more bytes than the layout (never a partly filled tree).
+
+    With `copy` (a network stream), each leaf's bytes are copied as they arrive into an array
+    aligned to 64 bytes, which `jax.device_put` on a CPU adopts without a second copy, and each
+    batch is let go once copied, so the transport reuses its buffers. Without (a memory-mapped
+    file: its batches are views of the page cache), a leaf that came as one batch is a read-only
+    view of it, a larger one is joined."""
     sizes = layout.nbytes
     leaves: list[np.ndarray] = []
     stream = iter(batches)
-    places = _arena(sizes)
+    places = _arena(sizes) if copy else None
     for index, (name, shape, size) in enumerate(
         zip(layout.dtypes, layout.shapes, sizes, strict=True)
     ):
-        leaf = places[index]
+        parts: list[np.ndarray] = []
         got = 0
         while True:  # a leaf is one batch or more (an empty leaf: one empty batch)
             batch = next(stream, None)
@@ -158,11 +163,18 @@ def assemble(layout: Layout, batches: Iterable[pa.RecordBatch]) -> list[np.ndarr
                     f"leaf {index} of the weights of step {layout.step} has more than the "
                     f"{size} bytes its layout says: the stream does not match its layout"
                 )
-            leaf[got : got + part.nbytes] = part
+            if places is not None:
+                places[index][got : got + part.nbytes] = part
+            else:
+                parts.append(part)
             got += part.nbytes
             if got == size:
                 break
-        leaves.append(leaf.view(_dtype(name)).reshape(shape))
+        if places is not None:
+            flat = places[index]
+        else:
+            flat = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        leaves.append(flat.view(_dtype(name)).reshape(shape))
     extra = next(stream, None)
     if extra is not None:
         raise ValueError(
