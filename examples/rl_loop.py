@@ -302,12 +302,11 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _summary(settings: Settings, ended: list) -> dict:
-    with open(os.path.join(settings.out, "trainer.json")) as f:
-        trainer = json.load(f)
+    trainer = _read_json(os.path.join(settings.out, "trainer.json"))
     versions = {}
     for i, info in enumerate(ended):
         path = os.path.join(settings.out, f"rollout-{i}.json")
-        seen = json.load(open(path))["weight_versions"] if os.path.exists(path) else None
+        seen = _read_json(path)["weight_versions"] if os.path.exists(path) else None
         versions[f"rollout-{i}"] = {"status": str(info.status), "weight_versions": seen}
     lessons = trainer["curriculum"]["lessons"]
     unlocked = trainer["mirror_unlocked_at"]
@@ -322,6 +321,11 @@ def _summary(settings: Settings, ended: list) -> dict:
             f"weight {weights.get(lesson, 0.0):.2f} samples {state['samples']}"
         )
     return {**trainer, "rollouts": versions}
+
+
+def _read_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
 
 
 if __name__ == "__main__":

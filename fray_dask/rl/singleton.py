@@ -12,6 +12,10 @@ from typing import Any
 from fray_dask.actors import ActorHandle, ActorLostError
 from fray_dask.context import JobContext
 
+# Seconds a call waits for its reply by default: coordinators answer in milliseconds, so a call
+# still unanswered after this means the actor's worker is stuck, which should be an error.
+CALL_TIMEOUT = 120.0
+
 
 class SingletonActor:
     """`cls(*args, **kwargs)` as the named actor `name`, made with `create_actor(...,
@@ -52,9 +56,12 @@ class SingletonActor:
                 )
             return self._handle
 
-    def call(self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+    def call(
+        self, method: str, *args: Any, timeout: float | None = CALL_TIMEOUT, **kwargs: Any
+    ) -> Any:
         """`method(*args, **kwargs)` on the actor, blocking at most `timeout` s for its reply
-        (TimeoutError after); re-creates a lost actor once, as the class docstring says."""
+        (TimeoutError after; None waits as long as the actor lives); re-creates a lost actor
+        once, as the class docstring says."""
         handle = self.handle
         try:
             return self.ctx.get(getattr(handle, method).remote(*args, **kwargs), timeout)
