@@ -190,8 +190,9 @@ class WeightTransferServer:
         flat = Flattened(step, weights)
         uri = None
         if self.config.flight:
-            uri = self._server().uri
-            self._flight.publish(flat)  # type: ignore[union-attr]
+            server = self._server()
+            server.publish(flat)  # held here before anyone is told where it is
+            uri = server.uri
         path = None
         if self.config.checkpoint_path and self._published % self.config.checkpoint_every == 0:
             path = checkpoint.write(self.config.checkpoint_path, flat, self.config.keep_checkpoints)
