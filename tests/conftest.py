@@ -56,7 +56,7 @@ def _open_clients() -> set[int]:
 
 
 # Threads our packages start: zephyr's pools, LocalCluster supervisors, ThreadContext pools.
-_OWN_THREADS = ("zephyr", "fray-local", "fray-task", "fray-actor", "fray-gke")
+_OWN_THREADS = ("zephyr", "fray-local", "fray-task", "fray-actor", "fray-gke", "fray-executor")
 
 
 @pytest.fixture(autouse=True)

@@ -70,15 +70,20 @@ def _imports(module: str) -> list[tuple[str, str, int]]:
 GRAPH = {module: _imports(module) for module in MODULES}
 
 
-def test_the_fray_dask_core_never_imports_the_rl_coordinators_above_it():
-    """fray_dask/rl/ builds on fray_dask's core (contexts, actors, files); nothing in the core
-    imports it back."""
+ABOVE_THE_CORE = ("fray_dask.rl", "fray_dask.executor")
+
+
+def test_the_fray_dask_core_never_imports_the_packages_above_it():
+    """fray_dask/rl/ (the RL coordinators) and fray_dask/executor/ (the step executor) build on
+    fray_dask's core (contexts, actors, jobs, files); nothing in the core imports them back, and
+    they do not import each other."""
     wrong = [
         f"{module}:{line} imports {target}"
         for module, imports in GRAPH.items()
-        if module.startswith("fray_dask") and not module.startswith("fray_dask.rl")
+        if module.startswith("fray_dask")
         for target, _, line in imports
-        if target.startswith("fray_dask.rl")
+        if target.startswith(ABOVE_THE_CORE)
+        and not target.startswith(module.split(".")[0] + "." + module.split(".")[1])
     ]
     assert wrong == []
 
@@ -176,7 +181,9 @@ def test_modules_stay_under_the_size_limit(module):
     assert lines < MAX_LINES, f"{MODULES[module]} has {lines} lines; split it along a named seam"
 
 
-@pytest.mark.parametrize("package", ["fray_dask", "fray_dask.rl", "tpu", "zephyr", "zephyr.io"])
+@pytest.mark.parametrize(
+    "package", ["fray_dask", "fray_dask.rl", "fray_dask.executor", "tpu", "zephyr", "zephyr.io"]
+)
 def test_every_public_name_resolves_and_costly_ones_load_late(package):
     """Each package lists its public names in `__all__`; those in its `_LAZY` table load their
     module on first use (fray_dask.exports), the rest are imported by the package itself."""

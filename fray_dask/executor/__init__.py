@@ -4,57 +4,40 @@ each output folder, and skipping of what already succeeded (the contract of Mari
 
     from fray_dask.executor import ExecutorStep, executor_main, this_output_path, versioned
 
-Above fray_dask's core: it imports the core, nothing in the core imports it.
+Above fray_dask's core: it imports the core, nothing in the core imports it. Names load on first
+use (PEP 562), so a job process that unpickles a step's config loads neither fsspec nor the
+scheduler.
 """
 
 from __future__ import annotations
 
-from fray_dask.executor.dag import Executor, StepOutcome
-from fray_dask.executor.errors import PreviousTaskFailedError, StepFailure, StepsFailedError
-from fray_dask.executor.main import PREFIX_VARIABLE, executor_main
-from fray_dask.executor.status import (
-    DEP_FAILED,
-    FAILED,
-    RUNNING,
-    SUCCESS,
-    LeaseLostError,
-    read_status,
-)
-from fray_dask.executor.steps import (
-    THIS_OUTPUT_PATH,
-    ExecutorStep,
-    InputName,
-    OutputName,
-    VersionedValue,
-    ensure_versioned,
-    output_path_of,
-    this_output_path,
-    unwrap_versioned_value,
-    versioned,
-)
+from fray_dask.exports import lazy_names
 
-__all__ = [
-    "DEP_FAILED",
-    "FAILED",
-    "PREFIX_VARIABLE",
-    "RUNNING",
-    "SUCCESS",
-    "THIS_OUTPUT_PATH",
-    "Executor",
-    "ExecutorStep",
-    "InputName",
-    "LeaseLostError",
-    "OutputName",
-    "PreviousTaskFailedError",
-    "StepFailure",
-    "StepOutcome",
-    "StepsFailedError",
-    "VersionedValue",
-    "ensure_versioned",
-    "executor_main",
-    "output_path_of",
-    "read_status",
-    "this_output_path",
-    "unwrap_versioned_value",
-    "versioned",
-]
+_LAZY = {
+    "DEP_FAILED": "fray_dask.executor.status",
+    "Executor": "fray_dask.executor.dag",
+    "ExecutorStep": "fray_dask.executor.steps",
+    "FAILED": "fray_dask.executor.status",
+    "InputName": "fray_dask.executor.steps",
+    "LeaseLostError": "fray_dask.executor.status",
+    "OutputName": "fray_dask.executor.steps",
+    "PREFIX_VARIABLE": "fray_dask.executor.main",
+    "PreviousTaskFailedError": "fray_dask.executor.errors",
+    "RUNNING": "fray_dask.executor.status",
+    "SUCCESS": "fray_dask.executor.status",
+    "StepFailure": "fray_dask.executor.errors",
+    "StepOutcome": "fray_dask.executor.scheduling",
+    "StepsFailedError": "fray_dask.executor.errors",
+    "THIS_OUTPUT_PATH": "fray_dask.executor.steps",
+    "VersionedValue": "fray_dask.executor.steps",
+    "ensure_versioned": "fray_dask.executor.steps",
+    "executor_main": "fray_dask.executor.main",
+    "output_path_of": "fray_dask.executor.steps",
+    "read_status": "fray_dask.executor.status",
+    "this_output_path": "fray_dask.executor.steps",
+    "unwrap_versioned_value": "fray_dask.executor.steps",
+    "versioned": "fray_dask.executor.steps",
+}
+
+__all__ = sorted(_LAZY)
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)

@@ -10,17 +10,17 @@ import logging
 import re
 import sys
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from fray_dask.cluster import Cluster
 from fray_dask.current import current_cluster
 from fray_dask.executor import info
 from fray_dask.executor.errors import PreviousTaskFailedError
-from fray_dask.executor.scheduling import Scheduler
+from fray_dask.executor.scheduling import RunSettings, Scheduler, StepOutcome
 from fray_dask.executor.status import (
     DEP_FAILED,
     FAILED,
+    RUNNING,
     SUCCESS,
     StepLease,
     lease_store,
@@ -35,18 +35,6 @@ logger = logging.getLogger("fray_dask.executor")
 HEARTBEAT_INTERVAL = 30.0
 STALE_AFTER = 90.0
 POLL_INTERVAL = 5.0
-
-
-@dataclass(frozen=True)
-class StepOutcome:
-    """What a run did with one step: `action` is "ran", "skipped" (it had succeeded before),
-    "waited" (another driver ran it), "failed" or "dep_failed"; for a dry run "run", "skip" or
-    "wait"."""
-
-    name: str
-    output_path: str
-    action: str
-    status: str | None
 
 
 class Executor:
@@ -166,13 +154,20 @@ class Executor:
                     "with force_run_failed=True (the default) to run them again"
                 )
         if dry_run:
-            return self._dry_run(selected, status, force_run_failed)
+            return self._dry_run(selected, status)
         self.run_file = info.run_file_path(self.executor_info_base_path, selected)
-        scheduler = Scheduler(self, graph, selected, status, force_run_failed, max_concurrent)
+        settings = RunSettings(
+            cluster=self.cluster if self.cluster is not None else current_cluster(),
+            prefix=self.prefix,
+            description=self.description,
+            holder=self.holder,
+            heartbeat_interval=self.heartbeat_interval,
+            stale_after=self.stale_after,
+            poll_interval=self.poll_interval,
+            run_file=self.run_file,
+        )
+        scheduler = Scheduler(settings, graph, selected, status, force_run_failed, max_concurrent)
         return scheduler.run()
-
-    def resolved_cluster(self) -> Cluster:
-        return self.cluster if self.cluster is not None else current_cluster()
 
     def _run_only(self, graph: StepGraph, patterns: list[str], status: Any) -> list[PlannedStep]:
         """The steps matching `patterns` and, transitively, the dependencies that have not
@@ -204,9 +199,7 @@ class Executor:
                 pull(planned)
         return [p for p in graph.order if id(p) in chosen]
 
-    def _dry_run(
-        self, selected: list[PlannedStep], status: Any, force_run_failed: bool
-    ) -> list[StepOutcome]:
+    def _dry_run(self, selected: list[PlannedStep], status: Any) -> list[StepOutcome]:
         outcomes = []
         for planned in selected:
             current = status(planned)
@@ -219,11 +212,8 @@ class Executor:
             elif current is None:
                 action, why = "run", "never run"
             else:
-                action, why = (
-                    "run",
-                    f"{current}, no live lease"
-                    + ("" if current != FAILED or force_run_failed else ""),
-                )
+                what = "the last run failed" if current != RUNNING else "its driver is gone"
+                action, why = "run", f"{current}, {what}"
             outcomes.append(StepOutcome(planned.name, planned.output_path, action, current))
             print(f"[dry run] {action:<4} {planned.name} -> {planned.output_path} ({why})")
         counts = {a: sum(o.action == a for o in outcomes) for a in ("run", "skip", "wait")}

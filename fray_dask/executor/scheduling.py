@@ -14,8 +14,9 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from fray_dask.cluster import Cluster
 from fray_dask.executor import info
 from fray_dask.executor.errors import StepFailure, StepsFailedError
 from fray_dask.executor.status import (
@@ -39,9 +40,6 @@ from fray_dask.types import (
     ResourceConfig,
 )
 
-if TYPE_CHECKING:
-    from fray_dask.executor.dag import Executor, StepOutcome
-
 logger = logging.getLogger("fray_dask.executor")
 
 
@@ -49,6 +47,35 @@ def job_name(step_name: str) -> str:
     """A job name fray_dask accepts (letters, digits, `.`, `_`, `-`; at most 63) for a step."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", step_name).strip("-._")[:63].rstrip("-._")
     return name or "step"
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """What a run did with one step: `action` is "ran", "skipped" (it had succeeded before),
+    "waited" (another driver ran it), "failed" or "dep_failed"; for a dry run "run", "skip" or
+    "wait". `status` is the step's status file afterwards."""
+
+    name: str
+    output_path: str
+    action: str
+    status: str | None
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What one run needs from its Executor."""
+
+    cluster: Cluster
+    prefix: str
+    description: str | None
+    holder: str
+    heartbeat_interval: float
+    stale_after: float
+    poll_interval: float
+    run_file: str
+
+    def lease(self, planned: PlannedStep) -> StepLease:
+        return StepLease(planned.output_path, self.holder, self.stale_after)
 
 
 @dataclass
@@ -64,14 +91,15 @@ class Running:
 class Scheduler:
     def __init__(
         self,
-        executor: Executor,
+        settings: RunSettings,
         graph: StepGraph,
         selected: list[PlannedStep],
         status: Any,
         force_run_failed: bool,
         max_concurrent: int | None,
     ):
-        self.executor = executor
+        self.settings = settings
+        self.cluster = settings.cluster
         self.graph = graph
         self.selected = selected
         self.status = status  # cached statuses read while planning
@@ -98,12 +126,8 @@ class Scheduler:
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> list[StepOutcome]:
-        from fray_dask.executor.dag import StepOutcome
-
-        cluster = self.executor.resolved_cluster()
-        self.cluster = cluster
         self._write_run("running")
-        beat = threading.Thread(target=self._heartbeat, name="executor-heartbeat", daemon=True)
+        beat = threading.Thread(target=self._heartbeat, name="fray-executor-heartbeat", daemon=True)
         beat.start()
         try:
             while len(self.outcomes) < len(self.selected):
@@ -162,7 +186,7 @@ class Scheduler:
         if status == SUCCESS:
             self._done(planned, "waited" if id(planned) in self.waited else "skipped")
             return
-        lease = self.executor.lease(planned)
+        lease = self.settings.lease(planned)
         other = lease.held_elsewhere()
         if other is None and status in (FAILED, DEP_FAILED) and not self.force_run_failed:
             cause = f"{status} in another driver's run, and force_run_failed=False"
@@ -184,7 +208,7 @@ class Scheduler:
                 other.holder if other else "another driver",
             )
         self.waited.add(id(planned))
-        self.waiting[id(planned)] = (planned, time.monotonic() + self.executor.poll_interval)
+        self.waiting[id(planned)] = (planned, time.monotonic() + self.settings.poll_interval)
 
     def _launch(self, planned: PlannedStep, lease: StepLease) -> None:
         step = planned.step
@@ -211,7 +235,10 @@ class Scheduler:
         logger.info("step %s: running as job %s -> %s", step.name, job_id, planned.output_path)
         self.running[id(planned)] = Running(planned, lease, job_id, started)
         threading.Thread(
-            target=self._follow, args=(id(planned), job_id), name="executor-follow", daemon=True
+            target=self._follow,
+            args=(id(planned), job_id),
+            name="fray-executor-follow",
+            daemon=True,
         ).start()
 
     def _follow(self, key: int, job_id: JobId) -> None:
@@ -301,7 +328,7 @@ class Scheduler:
                 continue
             written = None
             if read_status(child.output_path) != SUCCESS:
-                lease = self.executor.lease(child)
+                lease = self.settings.lease(child)
                 if lease.try_acquire():
                     write_status(child.output_path, DEP_FAILED)
                     lease.release()
@@ -314,7 +341,7 @@ class Scheduler:
 
     # -- leases ------------------------------------------------------------------------------
     def _heartbeat(self) -> None:
-        while not self.stop_heartbeat.wait(self.executor.heartbeat_interval):
+        while not self.stop_heartbeat.wait(self.settings.heartbeat_interval):
             for key, run in list(self.running.items()):
                 try:
                     run.lease.refresh()
@@ -351,13 +378,13 @@ class Scheduler:
             )
         failures = [f.__dict__ for f in self.failures]
         record = info.run_record(
-            self.executor.prefix,
-            self.executor.description,
-            self.executor.holder,
+            self.settings.prefix,
+            self.settings.description,
+            self.settings.holder,
             steps,
             status=status,
             started=self.started,
             ended=None if status == "running" else info.now(),
             failures=failures,
         )
-        info.write_run(self.executor.run_file or "", record)
+        info.write_run(self.settings.run_file or "", record)
