@@ -1,9 +1,11 @@
 """A gcp-storage-emulator process for tests that read and write gs:// (the real gcsfs client against
-a local, in-memory GCS API): started on a free port, waited for, stopped with its process group."""
+a local, in-memory GCS API): started on a free port, waited for, stopped with its process group;
+and `gcsfs_on`, which points gs:// at it for this process and the ones it starts."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import signal
 import socket
@@ -13,7 +15,9 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import fsspec
 import pytest
 
 STARTUP_TIMEOUT = 20.0
@@ -76,3 +80,35 @@ def running_emulator(log_path: Path) -> Iterator[str]:
         yield endpoint
     finally:
         _stop(proc)
+
+
+@contextlib.contextmanager
+def gcsfs_on(endpoint: str, bucket: str = "bucket") -> Iterator[Any]:
+    """Points gs:// at `endpoint`, in this process and in processes started later, and yields a
+    fresh gcsfs filesystem holding the new empty bucket `bucket`; restores everything on exit."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STORAGE_EMULATOR_HOST", endpoint)
+        # gcsfs reads this when first imported: left on, every new bucket costs a 60 s probe of a
+        # gRPC API the emulator does not serve.
+        mp.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+        # Anonymous credentials, without probing the GCE metadata server. fsspec reads FSSPEC_*
+        # variables when imported: workers (new processes) get it from the environment, this
+        # process (fsspec already imported) through fsspec's config.
+        mp.setenv("FSSPEC_GCS_TOKEN", "anon")
+        mp.setitem(
+            fsspec.config.conf, "gcs", {**fsspec.config.conf.get("gcs", {}), "token": "anon"}
+        )
+        import gcsfs
+
+        if gcsfs.GCSFileSystem is not gcsfs.core.GCSFileSystem:
+            # gcsfs was imported before this helper set the variable: use the plain filesystem.
+            registry = importlib.import_module("fsspec.registry")._registry
+            for protocol in ("gs", "gcs"):
+                mp.setitem(registry, protocol, gcsfs.core.GCSFileSystem)
+        try:
+            gcsfs.core.GCSFileSystem.clear_instance_cache()
+            fs = fsspec.filesystem("gs")
+            fs.mkdir(bucket)
+            yield fs
+        finally:
+            gcsfs.core.GCSFileSystem.clear_instance_cache()

@@ -9,7 +9,6 @@ import fcntl
 import functools
 import gc
 import gzip
-import importlib
 import json
 import logging
 import os
@@ -19,7 +18,7 @@ import distributed
 import fsspec
 import pytest
 
-from tests.gcs_emulator import running_emulator
+from tests.gcs_emulator import gcsfs_on, running_emulator
 from tests.zephyr.probes import wait_until_idle
 from zephyr import Dataset, ZephyrError, load_jsonl
 from zephyr.backends.dask import DaskBackend
@@ -113,32 +112,8 @@ def gcs(tmp_path_factory):
     """A gcsfs filesystem on a fresh in-memory emulator holding an empty bucket `bucket`; the
     environment (inherited by worker processes started later) points gs:// at it."""
     log_path = tmp_path_factory.mktemp("gcs-emulator") / "emulator.log"
-    with running_emulator(log_path) as endpoint, pytest.MonkeyPatch.context() as mp:
-        mp.setenv("STORAGE_EMULATOR_HOST", endpoint)
-        # gcsfs reads this when first imported: left on, every new bucket costs a 60 s probe of a
-        # gRPC API the emulator does not serve.
-        mp.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
-        # Anonymous credentials, without probing the GCE metadata server. fsspec reads FSSPEC_*
-        # variables when imported: workers (new processes) get it from the environment, this
-        # process (fsspec already imported) through fsspec's config.
-        mp.setenv("FSSPEC_GCS_TOKEN", "anon")
-        mp.setitem(
-            fsspec.config.conf, "gcs", {**fsspec.config.conf.get("gcs", {}), "token": "anon"}
-        )
-        import gcsfs
-
-        if gcsfs.GCSFileSystem is not gcsfs.core.GCSFileSystem:
-            # gcsfs was imported before this fixture set the variable: use the plain filesystem.
-            registry = importlib.import_module("fsspec.registry")._registry
-            for protocol in ("gs", "gcs"):
-                mp.setitem(registry, protocol, gcsfs.core.GCSFileSystem)
-        try:
-            gcsfs.core.GCSFileSystem.clear_instance_cache()
-            fs = fsspec.filesystem("gs")
-            fs.mkdir(BUCKET)
-            yield fs
-        finally:
-            gcsfs.core.GCSFileSystem.clear_instance_cache()
+    with running_emulator(log_path) as endpoint, gcsfs_on(endpoint, BUCKET) as fs:
+        yield fs
 
 
 @pytest.fixture(scope="module")
