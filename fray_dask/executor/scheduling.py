@@ -193,6 +193,15 @@ class Scheduler:
             self._fail(planned, cause, None, None, write=False)
             return
         if other is None and lease.try_acquire():
+            if lease.taken_over is not None:
+                logger.warning(
+                    "step %s: taking over from %s, whose last heartbeat was %.1f s ago (stale "
+                    "after %g s); running it again",
+                    planned.name,
+                    lease.taken_over.holder,
+                    lease.taken_over.age(),
+                    self.settings.stale_after,
+                )
             if read_status(planned.output_path) == SUCCESS:  # finished between the two looks
                 lease.release()
                 self._done(planned, "waited")

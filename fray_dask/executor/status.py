@@ -195,7 +195,7 @@ class _GcsLeases:
                     name=self.key,
                     ifGenerationMatch=str(generation),
                     data=new.encode(),
-                    headers={"Content-Type": "application/json"},
+                    headers={"Content-Type": "application/octet-stream"},
                     json_out=True,
                 )
         except (FileExistsError, FileNotFoundError):  # 412 (or 404): another driver wrote first
@@ -227,6 +227,7 @@ class StepLease:
         self.holder = holder
         self.stale_after = stale_after
         self.store = lease_store(f"{output_path}/{LEASE_FILE}")
+        self.taken_over: Lease | None = None
 
     def current(self) -> Lease | None:
         return self.store.current()
@@ -239,15 +240,21 @@ class StepLease:
         return lease
 
     def try_acquire(self) -> bool:
-        """Takes the lease if it is free, stale or already ours."""
+        """Takes the lease if it is free, stale or already ours; `taken_over` is then the stale
+        lease of another holder it replaced (else None)."""
+        replaced: list[Lease] = []
 
         def take(current: Lease | None) -> Any:
+            replaced.clear()
             if current is not None and current.holder != self.holder:
                 if not current.stale(self.stale_after):
                     return KEEP
+                replaced.append(current)
             return Lease(self.holder, time.time())
 
-        return self.store.swap(take)[0]
+        done = self.store.swap(take)[0]
+        self.taken_over = replaced[0] if done and replaced else None
+        return done
 
     def refresh(self) -> None:
         """Renews the heartbeat; LeaseLostError when another holder has the lease now."""

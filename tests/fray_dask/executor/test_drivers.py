@@ -1,0 +1,82 @@
+"""Several drivers on one DAG, as separate processes (`python -m tests.fray_dask.executor.driver`,
+FRAY_CLUSTER_SPEC=local): two at once run each step once; one SIGKILLed mid-step leaves a lease
+that goes stale, and the next driver reruns the half-written step."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from fray_dask.executor import RUNNING, SUCCESS, read_status
+from tests.fray_dask.executor.dag_steps import calls_of, wait_until
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _driver(tmp_path: Path, name: str, *args: str) -> tuple[subprocess.Popen, Path, Path]:
+    out, err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
+    env = {**os.environ, "FRAY_CLUSTER_SPEC": "local", "PYTHONPATH": str(ROOT)}
+    with open(out, "w") as o, open(err, "w") as e:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.fray_dask.executor.driver", *args],
+            stdout=o,
+            stderr=e,
+            env=env,
+            cwd=ROOT,
+        )
+    return proc, out, err
+
+
+def _outcomes(out: Path) -> dict[str, str]:
+    lines = [line.split() for line in out.read_text().splitlines() if line.startswith("OUTCOME")]
+    return {name: action for _, name, action in lines}
+
+
+def _finish(proc: subprocess.Popen, err: Path) -> None:
+    assert proc.wait(timeout=120) == 0, err.read_text()[-3000:]
+
+
+def test_two_drivers_at_once_run_every_step_exactly_once(tmp_path):
+    prefix, calls, gate = str(tmp_path / "out"), str(tmp_path / "calls"), tmp_path / "gate"
+    gate.write_text("")  # holds download in its middle until both drivers are at it
+    a, a_out, a_err = _driver(tmp_path, "a", prefix, calls, "--gate", str(gate))
+    b, b_out, b_err = _driver(tmp_path, "b", prefix, calls, "--gate", str(gate))
+    wait_until(lambda: "waiting for it" in a_err.read_text() + b_err.read_text())
+    gate.unlink()
+    _finish(a, a_err)
+    _finish(b, b_err)
+    assert [calls_of(calls, n) for n in ("download", "clean", "dedup", "count")] == [1, 1, 1, 1]
+    runs = [_outcomes(a_out), _outcomes(b_out)]
+    ran = [r for r in runs if "ran" in r.values()]
+    assert len(ran) == 1 and set(ran[0].values()) == {"ran"}  # one driver ran all four
+    (other,) = [r for r in runs if r is not ran[0]]
+    assert other["raw/download"] == "waited"  # the other waited, then reused every output
+    assert set(other.values()) <= {"waited", "skipped"}
+
+
+def test_a_sigkilled_driver_s_step_is_taken_over_and_rerun(tmp_path):
+    prefix, calls, gate = str(tmp_path / "out"), str(tmp_path / "calls"), tmp_path / "gate"
+    gate.write_text("")
+    killed, _, killed_err = _driver(tmp_path, "killed", prefix, calls, "--gate", str(gate))
+    wait_until(lambda: calls_of(calls, "download") == 1)  # part-0 written, part-1 not yet
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=30)
+    (download_path,) = [str(p) for p in (tmp_path / "out").glob("raw/download-*")]
+    assert read_status(download_path) == RUNNING  # never SUCCESS
+    assert not os.path.exists(f"{download_path}/part-1.jsonl")
+    with open(f"{download_path}/.executor_lease") as f:
+        holder = json.load(f)["holder"]
+    assert holder.split("-")[-2] == str(killed.pid)
+
+    gate.unlink()
+    survivor, out, err = _driver(tmp_path, "survivor", prefix, calls)
+    _finish(survivor, err)
+    assert _outcomes(out) == dict.fromkeys(["raw/download", "clean", "dedup", "count"], "ran")
+    assert calls_of(calls, "download") == 2  # the half-written step ran again
+    assert read_status(download_path) == SUCCESS
+    assert os.path.exists(f"{download_path}/part-1.jsonl")
+    assert f"raw/download: taking over from {holder}" in err.read_text()
