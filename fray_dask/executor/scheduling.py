@@ -141,9 +141,12 @@ class Scheduler:
                         f"{[p.name for p in self.selected if id(p) not in self.outcomes]}"
                     )
                 self._next_event()
+        except BaseException:
+            self._abandon_running()
+            self._write_run("interrupted")
+            raise
         finally:
             self.stop_heartbeat.set()
-            self._abandon_running()
         status = "failed" if self.failures else "succeeded"
         self._write_run(status)
         outcomes = [
@@ -245,14 +248,19 @@ class Scheduler:
         self.running[id(planned)] = Running(planned, lease, job_id, started)
         threading.Thread(
             target=self._follow,
-            args=(id(planned), job_id),
+            args=(id(planned), job_id, step.name),
             name="fray-executor-follow",
             daemon=True,
         ).start()
 
-    def _follow(self, key: int, job_id: JobId) -> None:
+    def _follow(self, key: int, job_id: JobId, step_name: str) -> None:
+        """Streams the job's lines to stdout (`[step] [replica-0] ...`) until it ends."""
+
+        def show(line: str) -> None:
+            print(f"[{step_name}] {line}", flush=True)
+
         try:
-            result: Any = self.cluster.wait(job_id)
+            result: Any = self.cluster.monitor(job_id, on_line=show)
         except Exception as e:  # noqa: BLE001 - reported as the step's failure
             result = e
         self.events.put(("finished", key, result))

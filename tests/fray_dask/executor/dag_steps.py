@@ -131,6 +131,7 @@ class CountConfig:
 
 def count(config: CountConfig) -> None:
     record_call(config.calls, "count")
+    print(f"counting {config.input_path}", flush=True)
     if config.fail:
         raise ValueError(f"count refuses to count {config.input_path}")
     total = 0

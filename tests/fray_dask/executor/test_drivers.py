@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from fray_dask.executor import RUNNING, SUCCESS, read_status
+from fray_dask.executor.status import StepLease
 from tests.fray_dask.executor.dag_steps import calls_of, wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -80,3 +81,41 @@ def test_a_sigkilled_driver_s_step_is_taken_over_and_rerun(tmp_path):
     assert read_status(download_path) == SUCCESS
     assert os.path.exists(f"{download_path}/part-1.jsonl")
     assert f"raw/download: taking over from {holder}" in err.read_text()
+
+
+def test_an_interrupted_driver_stops_its_job_and_frees_the_lease_at_once(tmp_path):
+    """Ctrl-C: the step's job is stopped and its lease released, so the next driver runs the
+    step without waiting for the lease to go stale; the run's JSON says "interrupted"."""
+    prefix, calls, gate = str(tmp_path / "out"), str(tmp_path / "calls"), tmp_path / "gate"
+    gate.write_text("")
+    driver, _, err = _driver(tmp_path, "interrupted", prefix, calls, "--gate", str(gate))
+    wait_until(lambda: calls_of(calls, "download") == 1)
+    job_pid = int((tmp_path / "calls" / "download.log").read_text().split()[0])
+    driver.send_signal(signal.SIGINT)
+    assert driver.wait(timeout=60) != 0
+    assert "KeyboardInterrupt" in err.read_text()
+    wait_until(lambda: not _alive(job_pid))
+    (download_path,) = [str(p) for p in (tmp_path / "out").glob("raw/download-*")]
+    assert read_status(download_path) == RUNNING
+    assert StepLease(download_path, "anyone", 60).current() is None
+    (run_file,) = (tmp_path / "out" / "experiments").glob("*.json")
+    assert json.loads(run_file.read_text())["status"] == "interrupted"
+
+    gate.unlink()
+    again, out, again_err = _driver(tmp_path, "again", prefix, calls)
+    _finish(again, again_err)
+    assert _outcomes(out)["raw/download"] == "ran"
+    assert "taking over" not in again_err.read_text()
+    assert calls_of(calls, "download") == 2
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False

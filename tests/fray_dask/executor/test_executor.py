@@ -121,7 +121,7 @@ def test_each_step_writes_its_info_and_the_run_writes_one_json(tmp_path, local_c
 
 
 def test_a_failing_step_fails_its_dependants_while_independent_steps_finish(
-    tmp_path, local_cluster
+    tmp_path, local_cluster, capsys
 ):
     prefix, calls = str(tmp_path / "out"), str(tmp_path / "calls")
     raw, cleaned, unique, counted = four_steps(calls, fail_count=True)
@@ -143,6 +143,10 @@ def test_a_failing_step_fails_its_dependants_while_independent_steps_finish(
     assert read_status(executor.output_path_of(after)) == DEP_FAILED
     assert read_status(executor.output_path_of(side)) == SUCCESS
     assert calls_of(calls, "count") == 2  # count, and side (the same function)
+    # Each job's lines reach the driver's stdout, named by step.
+    printed = capsys.readouterr().out
+    assert f"[count] [replica-0] counting {executor.output_path_of(unique)}" in printed
+    assert "[count] [replica-0] ValueError: count refuses" in printed
 
     # Without force_run_failed, nothing runs and the error names the failed steps.
     with pytest.raises(PreviousTaskFailedError, match=r"count \(FAILED at .*report \(DEP_FAILED"):
