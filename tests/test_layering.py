@@ -212,6 +212,8 @@ PURE_CORES = [
     "fray_dask.schemes",
     "fray_dask.connection",
     "fray_dask.kube_spec",
+    "fray_dask.executor.steps",
+    "fray_dask.executor.versions",
     "tpu.manifests",
 ]
 

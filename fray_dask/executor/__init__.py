@@ -26,7 +26,7 @@ _LAZY = {
     "RUNNING": "fray_dask.executor.status",
     "SUCCESS": "fray_dask.executor.status",
     "StepFailure": "fray_dask.executor.errors",
-    "StepOutcome": "fray_dask.executor.scheduling",
+    "StepOutcome": "fray_dask.executor.jobs",
     "StepsFailedError": "fray_dask.executor.errors",
     "THIS_OUTPUT_PATH": "fray_dask.executor.steps",
     "VersionedValue": "fray_dask.executor.steps",

@@ -16,7 +16,8 @@ from fray_dask.cluster import Cluster
 from fray_dask.current import current_cluster
 from fray_dask.executor import info
 from fray_dask.executor.errors import PreviousTaskFailedError
-from fray_dask.executor.scheduling import RunSettings, Scheduler, StepOutcome
+from fray_dask.executor.jobs import RunSettings, StepOutcome
+from fray_dask.executor.scheduling import Scheduler
 from fray_dask.executor.status import (
     DEP_FAILED,
     FAILED,

@@ -9,16 +9,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-import re
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
-from fray_dask.cluster import Cluster
 from fray_dask.executor import info
 from fray_dask.executor.errors import StepFailure, StepsFailedError
+from fray_dask.executor.jobs import Running, RunSettings, StepOutcome, step_request
 from fray_dask.executor.status import (
     DEP_FAILED,
     FAILED,
@@ -30,62 +28,9 @@ from fray_dask.executor.status import (
     write_status,
 )
 from fray_dask.executor.versions import PlannedStep, StepGraph
-from fray_dask.types import (
-    Entrypoint,
-    EnvironmentConfig,
-    JobId,
-    JobInfo,
-    JobRequest,
-    JobStatus,
-    ResourceConfig,
-)
+from fray_dask.types import JobId, JobInfo, JobStatus
 
 logger = logging.getLogger("fray_dask.executor")
-
-
-def job_name(step_name: str) -> str:
-    """A job name fray_dask accepts (letters, digits, `.`, `_`, `-`; at most 63) for a step."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", step_name).strip("-._")[:63].rstrip("-._")
-    return name or "step"
-
-
-@dataclass(frozen=True)
-class StepOutcome:
-    """What a run did with one step: `action` is "ran", "skipped" (it had succeeded before),
-    "waited" (another driver ran it), "failed" or "dep_failed"; for a dry run "run", "skip" or
-    "wait". `status` is the step's status file afterwards."""
-
-    name: str
-    output_path: str
-    action: str
-    status: str | None
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """What one run needs from its Executor."""
-
-    cluster: Cluster
-    prefix: str
-    description: str | None
-    holder: str
-    heartbeat_interval: float
-    stale_after: float
-    poll_interval: float
-    run_file: str
-
-    def lease(self, planned: PlannedStep) -> StepLease:
-        return StepLease(planned.output_path, self.holder, self.stale_after)
-
-
-@dataclass
-class Running:
-    """A step this driver holds the lease of and runs as a job."""
-
-    planned: PlannedStep
-    lease: StepLease
-    job_id: JobId
-    started: str
 
 
 class Scheduler:
@@ -230,16 +175,7 @@ class Scheduler:
             info.write_step_info(
                 planned, self.graph.paths, status=RUNNING, started=started, holder=lease.holder
             )
-            environment = None
-            if step.pip_dependency_groups:
-                environment = EnvironmentConfig.create(extras=list(step.pip_dependency_groups))
-            request = JobRequest(
-                name=job_name(step.name),
-                entrypoint=Entrypoint.from_callable(step.fn, args=[planned.config]),
-                resources=step.resources if step.resources is not None else ResourceConfig(),
-                environment=environment,
-            )
-            job_id = self.cluster.launch(request)
+            job_id = self.cluster.launch(step_request(planned))
         except Exception as e:  # noqa: BLE001 - a step that cannot start is a failed step
             self._fail(planned, f"{type(e).__name__}: {e}", None, e, write=True)
             lease.release()

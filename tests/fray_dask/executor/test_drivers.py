@@ -51,12 +51,13 @@ def test_two_drivers_at_once_run_every_step_exactly_once(tmp_path):
     _finish(a, a_err)
     _finish(b, b_err)
     assert [calls_of(calls, n) for n in ("download", "clean", "dedup", "count")] == [1, 1, 1, 1]
-    runs = [_outcomes(a_out), _outcomes(b_out)]
-    ran = [r for r in runs if "ran" in r.values()]
-    assert len(ran) == 1 and set(ran[0].values()) == {"ran"}  # one driver ran all four
-    (other,) = [r for r in runs if r is not ran[0]]
-    assert other["raw/download"] == "waited"  # the other waited, then reused every output
-    assert set(other.values()) <= {"waited", "skipped"}
+    # Each step was run by one of the two; the other waited for it (or found it done) and
+    # reused its output. Which driver runs a later step is a race both may win.
+    first, second = _outcomes(a_out), _outcomes(b_out)
+    assert sorted([first["raw/download"], second["raw/download"]]) == ["ran", "waited"]
+    for name in ("raw/download", "clean", "dedup", "count"):
+        actions = sorted([first[name], second[name]])
+        assert actions in (["ran", "waited"], ["ran", "skipped"]), (name, actions)
 
 
 def test_a_sigkilled_driver_s_step_is_taken_over_and_rerun(tmp_path):

@@ -20,7 +20,7 @@ from fray_dask.executor import (
     unwrap_versioned_value,
     versioned,
 )
-from fray_dask.executor.scheduling import job_name
+from fray_dask.executor.jobs import job_name
 from fray_dask.executor.versions import StepGraph
 
 
