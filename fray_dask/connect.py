@@ -7,9 +7,12 @@ dask-kubernetes) are loaded only when asked for.
 
 from __future__ import annotations
 
+import os
+
 from distributed import Client
 
 from fray_dask.connection import CONNECT_TIMEOUT, Connection, address_connection, refuse
+from fray_dask.schemes import SPEC_VARIABLE, parse_spec
 
 __all__ = ["connect", "is_kube_spec"]
 
@@ -18,11 +21,27 @@ def is_kube_spec(address: str) -> bool:
     return address.strip() == "kube" or address.strip().startswith("kube?")
 
 
+def job_cluster() -> str | None:
+    """Inside the process of a fray_dask job launched on a Dask cluster (FRAY_JOB_ID set,
+    FRAY_CLUSTER_SPEC `dask?address=...` or `kube?...`): that cluster's address or kube spec, so
+    that a pipeline inside a job runs on the job's cluster instead of starting one of its own."""
+    if not os.environ.get("FRAY_JOB_ID"):
+        return None
+    spec = os.environ.get(SPEC_VARIABLE, "").strip()
+    if not spec:
+        return None
+    name, params = parse_spec(spec)
+    if name == "dask":
+        return params.get("address") or None
+    return spec if is_kube_spec(spec) else None
+
+
 def connect(address: str | Client | None = None, timeout: float = CONNECT_TIMEOUT) -> Connection:
     """A counted connection (call `release()` once when done) for `address`:
 
-    - None: inside a Dask task, that task's own cluster; elsewhere the embedded LocalCluster,
-      started on first use and shared for the life of the process;
+    - None: inside a Dask task, that task's own cluster; inside a fray_dask job launched on a
+      Dask cluster, that cluster (`job_cluster`); elsewhere the embedded LocalCluster, started on
+      first use and shared for the life of the process;
     - a Client: itself (never closed here);
     - `"kube?name=...&workers=N&image=..."`: that Dask cluster on Kubernetes, started or joined
       within the spec's own timeout (fray_dask.kube);
@@ -41,6 +60,9 @@ def connect(address: str | Client | None = None, timeout: float = CONNECT_TIMEOU
         try:
             distributed.get_worker()
         except ValueError:
+            launched_on = job_cluster()
+            if launched_on is not None:
+                return connect(launched_on, timeout)
             from fray_dask.embedded import embedded
 
             return embedded()

@@ -297,3 +297,15 @@ def create_named_actor_twice(name: str) -> None:
         counter = ctx.create_actor(Counter, name=name, get_if_exists=True)
         ctx.get(counter.incr.remote())
     print(f"counter {name} at {ctx.get(counter.value.remote())}")
+
+
+def pipeline_cluster() -> tuple[str, bool, list]:
+    """Runs a zephyr pipeline on `DaskBackend()` (no address) inside a job: returns the scheduler
+    it ran on, whether this process started an embedded cluster of its own, and the results."""
+    from fray_dask.embedded import running_embedded
+    from zephyr import Dataset
+    from zephyr.backends.dask import DaskBackend
+
+    backend = DaskBackend()
+    doubled = list(Dataset.from_list([1, 2, 3]).map(lambda x: 2 * x).execute(backend))
+    return backend.client.scheduler.address, running_embedded() is not None, doubled

@@ -104,3 +104,18 @@ def test_refusing_clusters_refuses_every_way_in(scheduler):
 def test_importing_the_refusal_and_the_error_loads_no_dask():
     code = "import fray_dask.connection\n"
     assert heavy_modules_loaded(code, ("dask", "distributed")) == []
+
+
+def test_a_pipeline_inside_a_job_runs_on_the_job_s_dask_cluster(fray_dask_cluster):
+    """A job launched on a Dask cluster that runs a zephyr pipeline with the default backend uses
+    the job's cluster (FRAY_CLUSTER_SPEC in its environment), not an embedded one of its own."""
+    from fray_dask import Entrypoint, JobRequest
+    from tests.fray_dask import jobs
+
+    job = fray_dask_cluster.launch(
+        JobRequest("pipeline-in-job", Entrypoint.from_callable(jobs.pipeline_cluster))
+    )
+    ((address, started_its_own, doubled),) = fray_dask_cluster.result(job, timeout=120)
+    assert address == fray_dask_cluster.address
+    assert not started_its_own
+    assert doubled == [2, 4, 6]
