@@ -47,7 +47,7 @@ class Scheduler:
         self.cluster = settings.cluster
         self.graph = graph
         self.selected = selected
-        self.status = status  # cached statuses read while planning
+        self.status = status  # the statuses read while planning (read on first use)
         self.force_run_failed = force_run_failed
         self.limit = max_concurrent or len(selected) or 1
         chosen = {id(p) for p in selected}
@@ -130,7 +130,9 @@ class Scheduler:
     # -- one step ----------------------------------------------------------------------------
     def _start(self, planned: PlannedStep) -> None:
         """Skip, wait or run `planned`, whose dependencies all succeeded."""
-        status = read_status(planned.output_path)
+        # SUCCESS is final, so the status read while planning is enough to skip; any other is
+        # read again (another driver may have moved it on since).
+        status = SUCCESS if self.status(planned) == SUCCESS else read_status(planned.output_path)
         if status == SUCCESS:
             self._done(planned, "waited" if id(planned) in self.waited else "skipped")
             return
@@ -206,8 +208,8 @@ class Scheduler:
         ended = info.now()
         if isinstance(result, JobInfo) and result.status is JobStatus.SUCCEEDED:
             try:
-                lease.refresh()  # still ours: only then may the step be called done
-            except LeaseLostError as e:
+                self._confirm(lease)  # still ours: only then may the step be called done
+            except (LeaseLostError, OSError) as e:
                 self._fail(planned, str(e), run.job_id, e, write=False)
                 return
             write_status(planned.output_path, SUCCESS)
@@ -244,6 +246,19 @@ class Scheduler:
             error=cause,
         )
         lease.release()
+
+    @staticmethod
+    def _confirm(lease: StepLease, attempts: int = 3) -> None:
+        """Renews `lease`, retrying a storage error twice (a second apart); LeaseLostError when
+        it is not ours."""
+        for attempt in range(attempts):
+            try:
+                lease.refresh()
+                return
+            except OSError:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(1.0)
 
     def _done(self, planned: PlannedStep, action: str) -> None:
         self.outcomes[id(planned)] = (action, SUCCESS)
