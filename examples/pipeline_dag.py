@@ -18,6 +18,7 @@ On local processes instead of Dask (each step's pipeline then runs on threads in
     FRAY_CLUSTER_SPEC=local python examples/pipeline_dag.py
 
 `--prefix DIR` (or FRAY_EXECUTOR_PREFIX) puts the outputs elsewhere (a folder or gs://...);
+`--backend threads|sync` runs each step's pipeline in the step's own process instead;
 `--run-only`, `--max-concurrent` and `--no-force-run-failed` are executor_main's.
 """
 
@@ -31,6 +32,9 @@ import random
 from dataclasses import dataclass
 
 import fsspec
+
+# Only a constant: functions from a sibling module would be pickled by reference, and a step's
+# job process (which has no examples/ on its path) could not import them to run them.
 from clean_corpus import WORDS
 
 from fray_dask import DaskContext, fray_job_ctx
@@ -58,7 +62,7 @@ def step_backend(kind: str) -> Backend:
     Dask cluster inside the job's process. "threads" and "sync" run in the step's process.
     """
     if kind not in BACKENDS:
-        raise ValueError(f"step backend must be one of {BACKENDS}, got {kind!r}")
+        raise ValueError(f"step backend must be one of {', '.join(BACKENDS)}, got {kind!r}")
     if kind != "auto":
         return create_backend(kind)
     ctx = fray_job_ctx()  # in a job: the context of the cluster that launched it
@@ -67,16 +71,33 @@ def step_backend(kind: str) -> Backend:
     return create_backend("threads")
 
 
+@dataclass(frozen=True, kw_only=True)
+class StepConfig:
+    """What every step's config holds: its output folder and where its pipelines run (not
+    versioned: where a pipeline runs does not change what it writes)."""
+
+    output_path: str = this_output_path()
+    backend: str = "auto"
+
+
+def corpus(path: str) -> Dataset:
+    """The documents of the gzip JSONL shards in folder `path`."""
+    return Dataset.from_files(path, "*.jsonl.gz").load_jsonl()
+
+
+def run(pipeline: Dataset, config: StepConfig) -> None:
+    """Runs `pipeline` to its end on the step's backend."""
+    list(step_backend(config.backend).execute(pipeline))
+
+
 # -- download: a raw corpus with messy whitespace, repeated texts and too-short documents -----
 
 
-@dataclass(frozen=True)
-class DownloadConfig:
-    output_path: str = this_output_path()
+@dataclass(frozen=True, kw_only=True)
+class DownloadConfig(StepConfig):
     shards: int = versioned(4)
     docs_per_shard: int = versioned(500)
     seed: int = versioned(0)
-    backend: str = "auto"  # where it runs does not change what it writes: not versioned
 
 
 def messy_text(rng: random.Random, n_words: int) -> str:
@@ -115,23 +136,17 @@ def generate_shard(shard: int, config: DownloadConfig) -> list[dict]:
 
 def download(config: DownloadConfig) -> None:
     """Writes `shards` gzip JSONL files of generated documents, one zephyr task per shard."""
-    pipeline = (
-        Dataset.from_list(range(config.shards))
-        .flat_map(lambda shard: generate_shard(shard, config))
-        .write_jsonl(f"{config.output_path}/part-{{shard:04d}}.jsonl.gz")
-    )
-    list(step_backend(config.backend).execute(pipeline))
+    docs = Dataset.from_list(range(config.shards)).flat_map(lambda s: generate_shard(s, config))
+    run(docs.write_jsonl(f"{config.output_path}/part-{{shard:04d}}.jsonl.gz"), config)
 
 
 # -- clean: normalise whitespace, drop short documents ----------------------------------------
 
 
-@dataclass(frozen=True)
-class CleanConfig:
+@dataclass(frozen=True, kw_only=True)
+class CleanConfig(StepConfig):
     input_path: str
-    output_path: str = this_output_path()
     min_words: int = versioned(8)
-    backend: str = "auto"
 
 
 def normalise(doc: dict) -> dict:
@@ -141,24 +156,17 @@ def normalise(doc: dict) -> dict:
 
 def clean(config: CleanConfig) -> None:
     min_words = config.min_words
-    pipeline = (
-        Dataset.from_files(config.input_path, "*.jsonl.gz")
-        .load_jsonl()
-        .map(normalise)
-        .filter(lambda doc: len(doc["text"].split()) >= min_words)  # True keeps
-        .write_jsonl(f"{config.output_path}/{{basename}}.jsonl.gz")
-    )
-    list(step_backend(config.backend).execute(pipeline))
+    docs = corpus(config.input_path).map(normalise)
+    kept = docs.filter(lambda doc: len(doc["text"].split()) >= min_words)  # True keeps
+    run(kept.write_jsonl(f"{config.output_path}/{{basename}}.jsonl.gz"), config)
 
 
 # -- dedup: one document per exact text --------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class DedupConfig:
+@dataclass(frozen=True, kw_only=True)
+class DedupConfig(StepConfig):
     input_path: str
-    output_path: str = this_output_path()
-    backend: str = "auto"
 
 
 def text_of(doc: dict) -> str:
@@ -167,24 +175,17 @@ def text_of(doc: dict) -> str:
 
 def dedup(config: DedupConfig) -> None:
     """Keeps the first document (in shard order) of each text."""
-    pipeline = (
-        Dataset.from_files(config.input_path, "*.jsonl.gz")
-        .load_jsonl()
-        .deduplicate(text_of)
-        .write_jsonl(f"{config.output_path}/part-{{shard:04d}}.jsonl.gz")
-    )
-    list(step_backend(config.backend).execute(pipeline))
+    unique = corpus(config.input_path).deduplicate(text_of)
+    run(unique.write_jsonl(f"{config.output_path}/part-{{shard:04d}}.jsonl.gz"), config)
 
 
 # -- count: token counts of the deduplicated corpus -------------------------------------------
 
 
-@dataclass(frozen=True)
-class CountConfig:
+@dataclass(frozen=True, kw_only=True)
+class CountConfig(StepConfig):
     input_path: str
-    output_path: str = this_output_path()
     top: int = versioned(10)
-    backend: str = "auto"
 
 
 def token_counts(doc: dict) -> list[dict]:
@@ -210,7 +211,7 @@ def count(config: CountConfig) -> None:
     """Writes {output}/token_counts.json: documents, tokens, distinct tokens and the `top` most
     frequent tokens with their counts."""
     backend = step_backend(config.backend)
-    docs = Dataset.from_files(config.input_path, "*.jsonl.gz").load_jsonl()
+    docs = corpus(config.input_path)
     per_token = docs.flat_map(token_counts).group_by(token_of, reducer=total, combiner=summed)
     rows = sorted(backend.execute(per_token), key=lambda row: (-row["n"], row["token"]))
     (documents,) = backend.execute(docs.count())
@@ -228,32 +229,17 @@ def count(config: CountConfig) -> None:
 
 
 def build_steps(docs_per_shard: int, backend: str) -> list[ExecutorStep]:
-    """The four steps, each reading the output of the one before."""
-    raw = ExecutorStep(
-        "download",
-        download,
-        DownloadConfig(docs_per_shard=versioned(docs_per_shard), backend=backend),
-        description="a generated raw corpus: gzip JSONL shards",
-    )
-    cleaned = ExecutorStep(
-        "clean",
-        clean,
-        CleanConfig(input_path=output_path_of(raw), backend=backend),
-        description="whitespace normalised, short documents dropped",
-    )
-    unique = ExecutorStep(
-        "dedup",
-        dedup,
-        DedupConfig(input_path=output_path_of(cleaned), backend=backend),
-        description="one document per exact text",
-    )
-    counted = ExecutorStep(
-        "count",
-        count,
-        CountConfig(input_path=output_path_of(unique), backend=backend),
-        description=f"token counts in {COUNTS_FILE}",
-    )
-    return [raw, cleaned, unique, counted]
+    """The four steps: a chain, each step's config naming the output of the step before."""
+    raw_config = DownloadConfig(docs_per_shard=versioned(docs_per_shard), backend=backend)
+    steps = [ExecutorStep("download", download, raw_config, description="a generated corpus")]
+    for name, fn, config_type, description in (
+        ("clean", clean, CleanConfig, "whitespace normalised, short documents dropped"),
+        ("dedup", dedup, DedupConfig, "one document per exact text"),
+        ("count", count, CountConfig, f"token counts in {COUNTS_FILE}"),
+    ):
+        config = config_type(input_path=output_path_of(steps[-1]), backend=backend)
+        steps.append(ExecutorStep(name, fn, config, description=description))
+    return steps
 
 
 def main() -> None:
