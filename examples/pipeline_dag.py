@@ -46,7 +46,7 @@ from fray_dask.executor import (
     this_output_path,
     versioned,
 )
-from zephyr import Backend, DaskBackend, Dataset, create_backend
+from zephyr import Backend, Dataset, create_backend, flow_backend
 
 BACKENDS = ("auto", "threads", "sync")
 COUNTS_FILE = "token_counts.json"
@@ -57,17 +57,17 @@ def step_backend(kind: str) -> Backend:
     """The zephyr backend a step's pipelines run on, from inside the step's job.
 
     "auto": the Dask cluster the job runs on (its tasks share that cluster's workers) when the
-    job's cluster is a Dask one, else threads in the step's own process (FRAY_CLUSTER_SPEC=local,
-    where there is no Dask cluster). `flow_backend()` would instead start a second, embedded
-    Dask cluster inside the job's process. "threads" and "sync" run in the step's process.
+    job's cluster is a Dask one (inside a job there, `flow_backend()` is that cluster), else
+    threads in the step's own process (FRAY_CLUSTER_SPEC=local, where there is no Dask cluster
+    and `flow_backend()` would start one inside each step's process). "threads" and "sync" run
+    in the step's process.
     """
     if kind not in BACKENDS:
         raise ValueError(f"step backend must be one of {', '.join(BACKENDS)}, got {kind!r}")
     if kind != "auto":
         return create_backend(kind)
-    ctx = fray_job_ctx()  # in a job: the context of the cluster that launched it
-    if isinstance(ctx, DaskContext):
-        return DaskBackend(ctx.client)
+    if isinstance(fray_job_ctx(), DaskContext):  # in a job: the cluster that launched it
+        return flow_backend()
     return create_backend("threads")
 
 

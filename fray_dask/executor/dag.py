@@ -158,7 +158,7 @@ class Executor:
             return self._dry_run(selected, status)
         self.run_file = info.run_file_path(self.executor_info_base_path, selected)
         settings = RunSettings(
-            cluster=self.cluster if self.cluster is not None else current_cluster(),
+            cluster=(lambda: self.cluster) if self.cluster is not None else current_cluster,
             prefix=self.prefix,
             description=self.description,
             holder=self.holder,

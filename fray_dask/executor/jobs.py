@@ -6,6 +6,7 @@ reports per step. No Dask import.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fray_dask.cluster import Cluster
@@ -42,7 +43,8 @@ class StepOutcome:
 class RunSettings:
     """What one run needs from its Executor."""
 
-    cluster: Cluster
+    cluster: Callable[[], Cluster]  # called at the first launch: a run with nothing to do starts
+    # no cluster
     prefix: str
     description: str | None
     holder: str

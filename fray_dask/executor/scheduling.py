@@ -14,6 +14,7 @@ import time
 from collections import deque
 from typing import Any
 
+from fray_dask.cluster import Cluster
 from fray_dask.executor import info
 from fray_dask.executor.errors import StepFailure, StepsFailedError
 from fray_dask.executor.jobs import Running, RunSettings, StepOutcome, step_request
@@ -44,7 +45,7 @@ class Scheduler:
         max_concurrent: int | None,
     ):
         self.settings = settings
-        self.cluster = settings.cluster
+        self._cluster: Cluster | None = None
         self.graph = graph
         self.selected = selected
         self.status = status  # the statuses read while planning (read on first use)
@@ -68,6 +69,12 @@ class Scheduler:
         self.events: queue.Queue = queue.Queue()
         self.stop_heartbeat = threading.Event()
         self.started = info.now()
+
+    @property
+    def cluster(self) -> Cluster:
+        if self._cluster is None:
+            self._cluster = self.settings.cluster()
+        return self._cluster
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> list[StepOutcome]:

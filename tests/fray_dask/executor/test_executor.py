@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -307,3 +310,29 @@ def test_the_config_reaching_the_function_has_real_paths(tmp_path, local_cluster
         "fixed": f"{tmp_path}/out/data/raw",
         "n": 3,
     }
+
+
+def test_a_run_with_nothing_to_do_starts_no_cluster(tmp_path, local_cluster):
+    """Every step succeeded before: the run decides so from the status files alone, without
+    starting the embedded Dask cluster it would launch jobs on (FRAY_CLUSTER_SPEC unset)."""
+    prefix, calls = str(tmp_path / "out"), str(tmp_path / "calls")
+    Executor(prefix, cluster=local_cluster).run(four_steps(calls))
+    code = (
+        "from fray_dask.embedded import running_embedded\n"
+        "from fray_dask.executor import Executor\n"
+        "from tests.fray_dask.executor.dag_steps import four_steps\n"
+        f"outcomes = Executor({prefix!r}).run(four_steps({calls!r}))\n"
+        "print([o.action for o in outcomes], running_embedded())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRAY_")}
+    root = str(Path(__file__).resolve().parents[3])
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, "PYTHONPATH": root},
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "['skipped', 'skipped', 'skipped', 'skipped'] None"
