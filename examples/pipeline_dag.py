@@ -32,10 +32,7 @@ import random
 from dataclasses import dataclass
 
 import fsspec
-
-# Only a constant: functions from a sibling module would be pickled by reference, and a step's
-# job process (which has no examples/ on its path) could not import them to run them.
-from clean_corpus import WORDS
+from clean_corpus import WORDS  # a module beside this script: its jobs find it too
 
 from fray_dask import DaskContext, fray_job_ctx
 from fray_dask.executor import (

@@ -72,6 +72,7 @@ class Launch:
     replica: int
     replica_count: int
     cluster_spec: str
+    script_dir: str | None = None  # the driver script's folder: on the job's PYTHONPATH
 
     @classmethod
     def of(
@@ -82,13 +83,25 @@ class Launch:
         binary, args = (ep.binary, tuple(ep.args)) if ep.callable is None else (None, ())
         return cls(
             job_id, request.name, request.environment, payload, binary, args, replica, count,
-            cluster_spec,
+            cluster_spec, driver_script_dir(),
         )  # fmt: skip
 
     @property
     def secrets(self) -> tuple[str, ...]:
         env = self.environment
         return secret_values(env.env_vars) if env is not None else ()
+
+
+def driver_script_dir() -> str | None:
+    """The folder of the script this process runs (`python dir/script.py`), which Python put
+    first on its path; None under `python -m`, `-c` or an interactive session. A job gets it on
+    its PYTHONPATH, so a callable from a module beside the script (`from helpers import clean`)
+    is found in the job's process as in the driver's."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path is None or getattr(main, "__spec__", None) is not None:
+        return None
+    return os.path.dirname(os.path.abspath(path))
 
 
 def serialize_entrypoint(request: JobRequest) -> bytes | None:
@@ -112,6 +125,9 @@ def _environment(launch: Launch, venv_env: dict[str, str] | None) -> dict[str, s
     request_env = launch.environment
     if request_env is not None:
         env.update(request_env.env_vars)
+    if launch.script_dir and os.path.isdir(launch.script_dir):  # not on a remote worker
+        paths = [launch.script_dir, *env.get("PYTHONPATH", "").split(os.pathsep)]
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     env.update(
         {
             "FRAY_CLUSTER_SPEC": launch.cluster_spec,

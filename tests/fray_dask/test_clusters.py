@@ -289,3 +289,30 @@ def test_a_binary_jobs_children_die_with_the_driver(tmp_path):
     while pid_alive(grandchild) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not pid_alive(grandchild), "the binary job's child outlived its driver"
+
+
+@pytest.mark.parametrize("spec", ["local", pytest.param("dask", marks=pytest.mark.dask)])
+def test_a_function_from_a_module_beside_the_driver_script_runs_in_a_job(spec, tmp_path):
+    """`python experiments/run.py` whose job runs `helpers.shout` (experiments/helpers.py): the
+    job's process imports `helpers` as the driver did, from the script's folder."""
+    folder = tmp_path / "experiments"
+    folder.mkdir()
+    (folder / "helpers.py").write_text("def shout(text):\n    return text.upper()\n")
+    (folder / "run.py").write_text(
+        "from fray_dask import Entrypoint, JobRequest, current_cluster\n"
+        "from helpers import shout\n"
+        "cluster = current_cluster()\n"
+        "job = cluster.launch(JobRequest('shout', Entrypoint.from_callable(shout, args=['hi'])))\n"
+        "print(cluster.result(job, timeout=120))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRAY_")}
+    done = subprocess.run(
+        [sys.executable, "experiments/run.py"],
+        cwd=tmp_path,
+        env={**env, "FRAY_CLUSTER_SPEC": spec},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "['HI']"
