@@ -14,7 +14,13 @@ import sys
 from typing import Any
 
 from fray_dask.executor.status import INFO_FILE, write_text
-from fray_dask.executor.versions import PlannedStep, join, to_json_value, version_hash
+from fray_dask.executor.versions import (
+    HASH_LENGTH,
+    PlannedStep,
+    join,
+    to_json_value,
+    version_hash,
+)
 
 
 def now() -> str:
@@ -40,14 +46,27 @@ def fn_name(fn: Any) -> str:
     return f"{module}.{name}" if module else name
 
 
+def own_version(planned: PlannedStep, paths: dict) -> dict[str, Any]:
+    """The step's version with each input's version replaced by its output path (which names
+    the input's version hash): the nested version can be too long to write for deep DAGs."""
+    version = {
+        "name": planned.name,
+        "config": planned.version["config"],
+        "dependencies": [paths[d] for d in planned.dependencies],
+    }
+    if planned.nonblocking:
+        version["pseudo_dependencies"] = [paths[d] for d in planned.nonblocking]
+    return version
+
+
 def step_info(planned: PlannedStep, paths: dict, **extra: Any) -> dict[str, Any]:
     step = planned.step
     return {
         "name": step.name,
         "fn_name": fn_name(step.fn),
         "description": step.description,
-        "version": planned.version,
-        "version_hash": version_hash(planned.version_json),
+        "version": own_version(planned, paths),
+        "version_hash": planned.digest[:HASH_LENGTH],
         "config": describe_config(planned.config),
         "dependencies": [paths[d] for d in planned.dependencies],
         "output_path": planned.output_path,
@@ -74,8 +93,8 @@ def caller_name() -> str:
 def run_file_path(base: str, steps: list[PlannedStep]) -> str:
     """`{base}/{script}-{hash of the steps' versions}.json`: one file per DAG, rewritten by each
     run of the same DAG."""
-    versions = json.dumps(sorted(p.version_json for p in steps))
-    return join(base, f"{caller_name()}-{version_hash(versions)}.json")
+    digests = json.dumps(sorted(p.digest for p in steps))
+    return join(base, f"{caller_name()}-{version_hash(digests)}.json")
 
 
 def run_record(

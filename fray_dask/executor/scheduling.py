@@ -345,7 +345,7 @@ class Scheduler:
                 {
                     "name": planned.name,
                     "output_path": planned.output_path,
-                    "version": planned.version,
+                    "version": info.own_version(planned, self.graph.paths),
                     "dependencies": [self.graph.paths[d] for d in planned.dependencies],
                     "action": action,
                     "status": step_status,

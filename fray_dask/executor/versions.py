@@ -30,11 +30,12 @@ class PlannedStep:
     """A step with its version, output path, real config and the steps it waits for."""
 
     step: ExecutorStep
-    version: dict[str, Any]
-    version_json: str
+    version: dict[str, Any]  # nests the versions of its inputs (shared, not copied)
+    digest: str  # md5 of the version's sorted JSON; output paths take its first 6 digits
     output_path: str
     config: Any
     dependencies: list[ExecutorStep] = field(default_factory=list)  # canonical, blocking
+    nonblocking: list[ExecutorStep] = field(default_factory=list)  # canonical, not waited for
     pseudo_only: bool = False  # reached only through .nonblocking() inputs: not run
 
     @property
@@ -160,6 +161,22 @@ def version_hash(version_json: str) -> str:
     return hashlib.md5(version_json.encode()).hexdigest()[:HASH_LENGTH]
 
 
+def compose_json(
+    name: str, config: dict[str, Any], dependencies: list[str], pseudo: list[str] | None
+) -> str:
+    """`json.dumps(version, sort_keys=True)` built from the JSON of the inputs' versions, which
+    is how it is computed once per step instead of once per path through the DAG (a version
+    nests its inputs' versions, so its text doubles with each layer of steps that read two)."""
+    parts = [
+        f'"config": {json.dumps(config, sort_keys=True)}',
+        f'"dependencies": [{", ".join(dependencies)}]',
+        f'"name": {json.dumps(name)}',
+    ]
+    if pseudo is not None:
+        parts.append(f'"pseudo_dependencies": [{", ".join(pseudo)}]')
+    return "{" + ", ".join(parts) + "}"
+
+
 class StepGraph:
     """Every step reachable from the given ones, each once per version, in dependency order."""
 
@@ -167,7 +184,8 @@ class StepGraph:
         self.prefix = prefix.rstrip("/") or prefix
         self.planned: dict[ExecutorStep, PlannedStep] = {}  # every step object seen
         self.order: list[PlannedStep] = []  # canonical steps, dependencies first
-        self._by_version: dict[str, PlannedStep] = {}
+        self._by_version: dict[str, PlannedStep] = {}  # by digest
+        self._json: dict[str, str] = {}  # each version's JSON by digest, while planning
         self._by_path: dict[str, PlannedStep] = {}
         self.paths: dict[ExecutorStep, str] = {}
         for item in steps:
@@ -180,6 +198,7 @@ class StepGraph:
                     f"{type(step).__name__} {step!r:.80}"
                 )
             self._plan(step, pseudo=False)
+        self._json.clear()
 
     def _plan(self, step: ExecutorStep, pseudo: bool) -> PlannedStep:
         known = self.planned.get(step)
@@ -199,8 +218,14 @@ class StepGraph:
         }
         if pseudo_deps:  # absent otherwise, so that the hash of other steps does not change
             version["pseudo_dependencies"] = [d.version for d in pseudo_deps]
-        version_json = json.dumps(version, sort_keys=True)
-        same = self._by_version.get(version_json)
+        version_json = compose_json(
+            step.name,
+            config_version,
+            [self._json[d.digest] for d in deps],
+            [self._json[d.digest] for d in pseudo_deps] if pseudo_deps else None,
+        )
+        digest = hashlib.md5(version_json.encode()).hexdigest()
+        same = self._by_version.get(digest)
         if same is not None:
             logger.info("steps named %s have the same version: run once", step.name)
             self.planned[step] = same
@@ -208,7 +233,8 @@ class StepGraph:
             if not pseudo:
                 same.pseudo_only = False
             return same
-        path = join(self.prefix, f"{step.name}-{version_hash(version_json)}")
+        self._json[digest] = version_json
+        path = join(self.prefix, f"{step.name}-{digest[:HASH_LENGTH]}")
         if step.override_output_path is not None:
             override = under_prefix(self.prefix, step.override_output_path)
             if override != path:
@@ -230,14 +256,15 @@ class StepGraph:
         planned = PlannedStep(
             step=step,
             version=version,
-            version_json=version_json,
+            digest=digest,
             output_path=path,
             config=instantiate(step.config, path, self.paths, self.prefix),
             dependencies=[d.step for d in deps],
+            nonblocking=[d.step for d in pseudo_deps],
             pseudo_only=pseudo,
         )
         self.planned[step] = planned
-        self._by_version[version_json] = planned
+        self._by_version[digest] = planned
         self._by_path[path] = planned
         self.order.append(planned)
         return planned

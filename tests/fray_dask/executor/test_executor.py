@@ -107,7 +107,8 @@ def test_each_step_writes_its_info_and_the_run_writes_one_json(tmp_path, local_c
     assert info["name"] == "clean"
     assert info["fn_name"].endswith("dag_steps.clean")
     assert info["version"]["config"] == {"input_path": "DEP[0]", "min_words": 2}
-    assert info["version"]["dependencies"][0]["name"] == "raw/download"
+    assert info["version"]["dependencies"] == [outcomes[0].output_path]
+    assert clean_path.endswith("-" + info["version_hash"])
     assert info["config"]["input_path"] == outcomes[0].output_path
     assert info["config"]["output_path"] == clean_path
     assert info["dependencies"] == [outcomes[0].output_path]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 
 import pytest
@@ -51,9 +52,21 @@ def test_the_version_is_marins_sorted_json_and_the_path_its_md5():
     step = ExecutorStep("tokenized/web", noop, {"tokenizer": versioned("llama3"), "n": 4})
     planned = _graph(step).of(step)
     expected = '{"config": {"tokenizer": "llama3"}, "dependencies": [], "name": "tokenized/web"}'
-    assert planned.version_json == expected
     digest = hashlib.md5(expected.encode()).hexdigest()
+    assert planned.digest == digest
     assert planned.output_path == f"/p/tokenized/web-{digest[:6]}"
+
+
+def test_versions_built_from_their_inputs_json_are_the_sorted_json_of_the_whole():
+    """Each version's JSON is spliced from its inputs' (linear work); it must equal
+    `json.dumps(version, sort_keys=True)` of the nested version, pseudo-dependencies included."""
+    raw = ExecutorStep("raw", noop, {"n": versioned(1), "tags": versioned({"b": 1, "a": [2]})})
+    left = ExecutorStep("left", noop, {"src": raw, "k": versioned("é")})
+    right = ExecutorStep("right", noop, {"src": raw / "x"})
+    both = ExecutorStep("both", noop, {"a": left, "b": right, "c": (raw / "y").nonblocking()})
+    for planned in _graph(both).order:
+        whole = json.dumps(planned.version, sort_keys=True)
+        assert hashlib.md5(whole.encode()).hexdigest() == planned.digest, planned.name
 
 
 def test_versioned_values_have_dotted_keys_and_only_they_change_the_path():
