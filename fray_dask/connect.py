@@ -12,7 +12,7 @@ import os
 from distributed import Client
 
 from fray_dask.connection import CONNECT_TIMEOUT, Connection, address_connection, refuse
-from fray_dask.schemes import SPEC_VARIABLE, parse_spec
+from fray_dask.specs import SPEC_VARIABLE, parse_spec
 
 __all__ = ["connect", "is_kube_spec"]
 

@@ -18,7 +18,8 @@ from typing import Any
 
 from fray_dask.cluster import Cluster
 from fray_dask.context import JobContext
-from fray_dask.schemes import SPEC_VARIABLE, cluster_from_spec, job_context_for_spec, parse_spec
+from fray_dask.schemes import cluster_from_spec, job_context_for_spec
+from fray_dask.specs import SPEC_VARIABLE, parse_spec
 
 __all__ = [
     "DEFAULT_SPEC",

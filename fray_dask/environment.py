@@ -1,6 +1,7 @@
 """What a job's EnvironmentConfig asks of a cluster that runs processes directly (local, Dask): the
 packages to install (pip_packages plus this project's extras) and the fields such a cluster cannot
-honour (docker_image, regions), which it reports instead of silently dropping.
+honour (docker_image, regions), which it reports instead of silently dropping; and the driver
+script's folder, which a job's process gets on its PYTHONPATH.
 
 No Dask import.
 """
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import os
 import re
+import sys
 
 from fray_dask.types import EnvironmentConfig, JobRequest
 
@@ -64,3 +67,23 @@ def check_request(request: JobRequest, cluster: str, warned: set[str]) -> None:
         if field not in warned:
             warned.add(field)
             logger.warning("%s ignores %s (job %r): %s", cluster, field, request.name, why)
+
+
+def driver_script_dir() -> str | None:
+    """The folder of the script this process runs (`python dir/script.py`), which Python put
+    first on its path; None under `python -m`, `-c` or an interactive session. A job gets it on
+    its PYTHONPATH, so a callable from a module beside the script (`from helpers import clean`)
+    is found in the job's process as in the driver's."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path is None or getattr(main, "__spec__", None) is not None:
+        return None
+    return os.path.dirname(os.path.abspath(path))
+
+
+def with_script_dir(env: dict[str, str], script_dir: str | None) -> None:
+    """Puts the driver script's folder first on `env`'s PYTHONPATH, where that folder exists
+    (not on a worker on another machine)."""
+    if script_dir and os.path.isdir(script_dir):
+        paths = [script_dir, *env.get("PYTHONPATH", "").split(os.pathsep)]
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import cloudpickle
 
-from fray_dask.environment import job_packages
+from fray_dask.environment import driver_script_dir, job_packages, with_script_dir
 from fray_dask.pickling import dumps
 from fray_dask.secrets import mask, secret_values
 from fray_dask.types import EnvironmentConfig, JobRequest, JobStatus
@@ -92,18 +92,6 @@ class Launch:
         return secret_values(env.env_vars) if env is not None else ()
 
 
-def driver_script_dir() -> str | None:
-    """The folder of the script this process runs (`python dir/script.py`), which Python put
-    first on its path; None under `python -m`, `-c` or an interactive session. A job gets it on
-    its PYTHONPATH, so a callable from a module beside the script (`from helpers import clean`)
-    is found in the job's process as in the driver's."""
-    main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    if path is None or getattr(main, "__spec__", None) is not None:
-        return None
-    return os.path.dirname(os.path.abspath(path))
-
-
 def serialize_entrypoint(request: JobRequest) -> bytes | None:
     """cloudpickle of the callable entrypoint and its arguments (None for a binary), so an
     unpicklable callable fails at launch, in the caller's process, with its name."""
@@ -125,9 +113,7 @@ def _environment(launch: Launch, venv_env: dict[str, str] | None) -> dict[str, s
     request_env = launch.environment
     if request_env is not None:
         env.update(request_env.env_vars)
-    if launch.script_dir and os.path.isdir(launch.script_dir):  # not on a remote worker
-        paths = [launch.script_dir, *env.get("PYTHONPATH", "").split(os.pathsep)]
-        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    with_script_dir(env, launch.script_dir)
     env.update(
         {
             "FRAY_CLUSTER_SPEC": launch.cluster_spec,

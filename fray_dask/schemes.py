@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlsplit
 
 from fray_dask.connection import CONNECT_TIMEOUT
+from fray_dask.specs import SPEC_VARIABLE, parse_spec
 
 if TYPE_CHECKING:
     from fray_dask.cluster import Cluster
@@ -33,7 +33,6 @@ __all__ = [
     "spec_forms",
 ]
 
-SPEC_VARIABLE = "FRAY_CLUSTER_SPEC"
 ENTRY_POINT_GROUP = "fray_dask.cluster_schemes"
 
 
@@ -98,16 +97,6 @@ def scheme_for(spec: str) -> tuple[ClusterScheme, dict[str, str]]:
             f"unknown cluster spec {spec!r} (from {SPEC_VARIABLE} or the caller); valid forms: "
             f"{', '.join(spec_forms())}"
         )
-    return scheme, params
-
-
-def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """`"dask?address=tcp://h:8786"` -> `("dask", {"address": "tcp://h:8786"})`."""
-    parts = urlsplit(spec.strip())
-    scheme = parts.path or parts.scheme
-    if parts.scheme and parts.netloc:  # "dask://..." is not a form we take
-        scheme = spec
-    params = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
     return scheme, params
 
 

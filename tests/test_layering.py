@@ -210,6 +210,7 @@ PURE_CORES = [
     "fray_dask.sizes",
     "fray_dask.topology",
     "fray_dask.schemes",
+    "fray_dask.specs",
     "fray_dask.connection",
     "fray_dask.kube_spec",
     "fray_dask.executor.steps",
