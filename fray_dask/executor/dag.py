@@ -118,10 +118,10 @@ class Executor:
         steps still run, and StepsFailedError names every failed step, its output path and cause.
         """
         if max_concurrent is not None and (
-            isinstance(max_concurrent, bool) or not isinstance(max_concurrent, int)
+            isinstance(max_concurrent, bool)
+            or not isinstance(max_concurrent, int)
+            or max_concurrent < 1
         ):
-            raise ValueError(f"max_concurrent must be a whole number >= 1, got {max_concurrent!r}")
-        if max_concurrent is not None and max_concurrent < 1:
             raise ValueError(f"max_concurrent must be a whole number >= 1, got {max_concurrent!r}")
         if isinstance(run_only, str):
             run_only = [run_only]
@@ -177,7 +177,7 @@ class Executor:
             regexes = [re.compile(p) for p in patterns]
         except re.error as e:
             raise ValueError(f"run_only pattern is not a regular expression: {e}") from e
-        candidates = [p for p in graph.order]
+        candidates = graph.order
         unmatched = [r.pattern for r in regexes if not any(r.search(p.name) for p in candidates)]
         if unmatched:
             names = ", ".join(sorted({p.name for p in candidates}))

@@ -132,7 +132,7 @@ class Scheduler:
                 run = self.running.pop(key)
                 with contextlib.suppress(Exception):
                     self.cluster.terminate(run.job_id)
-                self._fail(run.planned, str(payload), run.job_id, payload, write=False)
+                self._fail(run.planned, str(payload), run.job_id, payload, status=None)
 
     # -- one step ----------------------------------------------------------------------------
     def _start(self, planned: PlannedStep) -> None:
@@ -147,7 +147,7 @@ class Scheduler:
         other = lease.held_elsewhere()
         if other is None and status in (FAILED, DEP_FAILED) and not self.force_run_failed:
             cause = f"{status} in another driver's run, and force_run_failed=False"
-            self._fail(planned, cause, None, None, write=False)
+            self._fail(planned, cause, None, None, status=status)
             return
         if other is None and lease.try_acquire():
             if lease.taken_over is not None:
@@ -186,8 +186,9 @@ class Scheduler:
             )
             job_id = self.cluster.launch(step_request(planned))
         except Exception as e:  # noqa: BLE001 - a step that cannot start is a failed step
-            self._fail(planned, f"{type(e).__name__}: {e}", None, e, write=True)
+            write_status(planned.output_path, FAILED)
             lease.release()
+            self._fail(planned, f"{type(e).__name__}: {e}", None, e, status=FAILED)
             return
         logger.info("step %s: running as job %s -> %s", step.name, job_id, planned.output_path)
         self.running[id(planned)] = Running(planned, lease, job_id, started)
@@ -212,47 +213,42 @@ class Scheduler:
 
     def _finish(self, run: Running, result: JobInfo | Exception) -> None:
         planned, lease = run.planned, run.lease
-        ended = info.now()
-        if isinstance(result, JobInfo) and result.status is JobStatus.SUCCEEDED:
-            try:
-                self._confirm(lease)  # still ours: only then may the step be called done
-            except (LeaseLostError, OSError) as e:
-                self._fail(planned, str(e), run.job_id, e, write=False)
-                return
-            write_status(planned.output_path, SUCCESS)
-            info.write_step_info(
-                planned,
-                self.graph.paths,
-                status=SUCCESS,
-                started=run.started,
-                ended=ended,
-                job_id=run.job_id,
-                holder=lease.holder,
-            )
-            lease.release()
-            logger.info("step %s succeeded", planned.name)
-            self._done(planned, "ran")
+        succeeded = isinstance(result, JobInfo) and result.status is JobStatus.SUCCEEDED
+        cause, exception = (None, None) if succeeded else self._cause(run, result)
+        try:
+            self._confirm(lease)  # only the lease's holder may write the step's status
+        except (LeaseLostError, OSError) as e:
+            self._fail(planned, str(e), run.job_id, e, status=None)
             return
-        exception: BaseException | None = result if isinstance(result, Exception) else None
-        if isinstance(result, JobInfo):
-            cause = result.error_message or f"job {result.status.value}"
-            try:
-                self.cluster.result(run.job_id, timeout=0)
-            except Exception as e:  # noqa: BLE001 - the job's own exception, for __cause__
-                exception = e
-        else:
-            cause = f"{type(result).__name__}: {result}"
-        self._fail(planned, cause, run.job_id, exception, write=True)
+        status = SUCCESS if succeeded else FAILED
+        write_status(planned.output_path, status)
         info.write_step_info(
             planned,
             self.graph.paths,
-            status=FAILED,
+            status=status,
             started=run.started,
-            ended=ended,
+            ended=info.now(),
             job_id=run.job_id,
+            holder=lease.holder,
             error=cause,
         )
         lease.release()
+        if succeeded:
+            logger.info("step %s succeeded", planned.name)
+            self._done(planned, "ran")
+        else:
+            self._fail(planned, cause or "", run.job_id, exception, status=FAILED)
+
+    def _cause(self, run: Running, result: JobInfo | Exception) -> tuple[str, Exception | None]:
+        """Why a step's job failed (its error message) and, when the job gave one back, the
+        exception it raised."""
+        if not isinstance(result, JobInfo):  # following the job failed
+            return f"{type(result).__name__}: {result}", result
+        try:
+            self.cluster.result(run.job_id, timeout=0)
+        except Exception as e:  # noqa: BLE001 - the job's own exception, for __cause__
+            return result.error_message or f"job {result.status.value}", e
+        return result.error_message or f"job {result.status.value}", None
 
     @staticmethod
     def _confirm(lease: StepLease, attempts: int = 3) -> None:
@@ -282,15 +278,15 @@ class Scheduler:
         job_id: JobId | None,
         exception: BaseException | None,
         *,
-        write: bool,
+        status: str | None,
     ) -> None:
+        """Records a failed step (`status`: what its status file now says) and fails the steps
+        after it."""
         logger.error("step %s failed: %s", planned.name, cause)
-        if write:
-            write_status(planned.output_path, FAILED)
         self.failures.append(StepFailure(planned.name, planned.output_path, cause, job_id))
         if self.first_exception is None and exception is not None:
             self.first_exception = exception
-        self.outcomes[id(planned)] = ("failed", FAILED if write else None)
+        self.outcomes[id(planned)] = ("failed", status)
         self._mark_dependants(planned)
 
     def _mark_dependants(self, failed: PlannedStep) -> None:

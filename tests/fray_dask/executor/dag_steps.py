@@ -43,13 +43,10 @@ def calls_of(calls: str, name: str) -> int:
         return 0
 
 
-def wait_for_release(gate: str | None, deadline: float = 60.0) -> None:
+def wait_for_release(gate: str | None) -> None:
     """Blocks while the file `gate` exists (a test holds a step in the middle of its work)."""
-    end = time.monotonic() + deadline
-    while gate and os.path.exists(gate):
-        if time.monotonic() > end:
-            raise TimeoutError(f"the gate {gate} was not removed within {deadline:g} s")
-        time.sleep(0.02)
+    if gate:
+        wait_until(lambda: not os.path.exists(gate))
 
 
 @dataclass(frozen=True)
