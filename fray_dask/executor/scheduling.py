@@ -33,6 +33,8 @@ from fray_dask.types import JobId, JobInfo, JobStatus
 
 logger = logging.getLogger("fray_dask.executor")
 
+WAIT_LOG_INTERVAL = 60.0  # seconds between two "waiting for it" lines about one step
+
 
 class Scheduler:
     def __init__(
@@ -62,7 +64,7 @@ class Scheduler:
         self.ready: deque[PlannedStep] = deque(p for p in selected if not self.waits_for[id(p)])
         self.running: dict[int, Running] = {}
         self.waiting: dict[int, tuple[PlannedStep, float]] = {}  # held by another driver
-        self.waited: set[int] = set()  # steps this run found held by another driver
+        self.waited: dict[int, float] = {}  # steps found held by another driver: when last said
         self.outcomes: dict[int, tuple[str, str | None]] = {}
         self.failures: list[StepFailure] = []
         self.first_exception: BaseException | None = None
@@ -167,13 +169,15 @@ class Scheduler:
             return
         if other is None:
             other = lease.current()
-        if id(planned) not in self.waited:
+        now = time.monotonic()
+        if now - self.waited.get(id(planned), -WAIT_LOG_INTERVAL) >= WAIT_LOG_INTERVAL:
             logger.info(
-                "step %s is being run by %s; waiting for it",
+                "step %s is being run by %s (last heartbeat %s); waiting for it",
                 planned.name,
                 other.holder if other else "another driver",
+                f"{other.age():.0f} s ago" if other else "unknown",
             )
-        self.waited.add(id(planned))
+            self.waited[id(planned)] = now
         self.waiting[id(planned)] = (planned, time.monotonic() + self.settings.poll_interval)
 
     def _launch(self, planned: PlannedStep, lease: StepLease) -> None:
